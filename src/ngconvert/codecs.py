@@ -1,0 +1,106 @@
+"""Chunk encodings of the precomputed format, and gzip.
+
+Every encoder takes a chunk as an ``[x, y, z, c]`` array of the layer's data type and
+returns the bytes the spec defines for it.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import deflate
+import imagecodecs
+import numpy as np
+
+ENCODINGS = ("raw", "jpeg", "png", "compressed_segmentation")
+
+# data types each encoding accepts, and the channel counts it allows
+_ALLOWED = {
+    "raw": (None, None),
+    "jpeg": ({"uint8"}, {1, 3}),
+    "png": ({"uint8", "uint16"}, {1, 2, 3, 4}),
+    "compressed_segmentation": ({"uint32", "uint64"}, None),
+}
+
+
+@dataclass(frozen=True)
+class EncodingOptions:
+    encoding: str = "raw"
+    jpeg_quality: int = 85
+    png_level: int = 6
+    cseg_block_size: tuple[int, int, int] = (8, 8, 8)
+
+
+def encoding_problem(encoding: str, dtype: str, channels: int) -> str | None:
+    """Why ``encoding`` cannot store ``dtype`` x ``channels``, or None when it can."""
+    if encoding not in _ALLOWED:
+        return f"unknown encoding {encoding!r} (choose one of {', '.join(ENCODINGS)})"
+    dtypes, chans = _ALLOWED[encoding]
+    if dtypes is not None and dtype not in dtypes:
+        return f"encoding {encoding} stores {'/'.join(sorted(dtypes))} data, not {dtype}"
+    if chans is not None and channels not in chans:
+        return f"encoding {encoding} stores {' or '.join(map(str, sorted(chans)))} channels, not {channels}"
+    return None
+
+
+def _as_image(chunk: np.ndarray) -> np.ndarray:
+    """The spec's 2-D layout: width x, height y*z, one pixel per voxel."""
+    x, y, z, c = chunk.shape
+    img = np.ascontiguousarray(chunk.transpose(2, 1, 0, 3)).reshape(z * y, x, c)
+    return img[:, :, 0] if c == 1 else img
+
+
+def encode_raw(chunk: np.ndarray) -> bytes:
+    return np.asarray(chunk, dtype=chunk.dtype.newbyteorder("<")).tobytes(order="F")
+
+
+def encode_jpeg(chunk: np.ndarray, quality: int) -> bytes:
+    return bytes(imagecodecs.jpeg8_encode(_as_image(chunk), level=int(quality)))
+
+
+def encode_png(chunk: np.ndarray, level: int) -> bytes:
+    return bytes(imagecodecs.png_encode(_as_image(chunk), level=int(level)))
+
+
+def encode_compressed_segmentation(chunk: np.ndarray, block_size) -> bytes:
+    """compressed_segmentation with the multi-channel header written here.
+
+    The kernel encodes one channel at a time (it always emits a one-channel header,
+    the word ``1``, which is dropped); channel offsets are in 32-bit words from the
+    start of the chunk.
+    """
+    import compressed_segmentation as cseg
+
+    channels = chunk.shape[3]
+    bodies = []
+    for c in range(channels):
+        one = np.asfortranarray(chunk[:, :, :, c])
+        bodies.append(cseg.compress(one, block_size=tuple(block_size), order="F")[4:])
+    offsets, pos = [], channels
+    for body in bodies:
+        offsets.append(pos)
+        pos += len(body) // 4
+    return struct.pack(f"<{channels}I", *offsets) + b"".join(bodies)
+
+
+def encode_chunk(chunk: np.ndarray, opts: EncodingOptions) -> bytes:
+    if opts.encoding == "raw":
+        return encode_raw(chunk)
+    if opts.encoding == "jpeg":
+        return encode_jpeg(chunk, opts.jpeg_quality)
+    if opts.encoding == "png":
+        return encode_png(chunk, opts.png_level)
+    if opts.encoding == "compressed_segmentation":
+        return encode_compressed_segmentation(chunk, opts.cseg_block_size)
+    raise ValueError(f"unknown encoding {opts.encoding!r}")
+
+
+def gzip_compress(data: bytes, level: int = 1) -> bytes:
+    """A standard gzip member (RFC 1952), made with libdeflate."""
+    return deflate.gzip_compress(data, level)
+
+
+def gzip_decompress(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.decompress(data)

@@ -1,0 +1,330 @@
+"""The conversion API: a source and options in, a multiscale precomputed layer out."""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .codecs import ENCODINGS, encoding_problem
+from .downsample import METHODS
+from .errors import UserError
+from .executors import ThreadExecutor, context, make_executor
+from .geometry import Vec
+from .plan import PLAN_KEY, SCRATCH, Plan, done_key, plan_stages
+from .progress import Progress
+from .pyramid import choose_chunk_size, plan_factors
+from .sources import UNIT_TO_NM, SourceInfo, SourceRef, open_source, prepare, ref_for, release
+from .spec import DATA_TYPES, LAYER_TYPES, LayerSpec, dumps
+from .store import MemoryStore, Store, open_store
+from .survey import guess_layer_type, value_range
+from .tasks import TaskResult, run_task
+
+
+@dataclass
+class ConvertOptions:
+    """What the user asks for; anything left as None is chosen from the data."""
+
+    layer_type: str = "auto"                  # image, segmentation or auto
+    encoding: str | None = None               # raw, jpeg, png, compressed_segmentation
+    compress: str = "auto"                    # gzip, none, auto (gzip for raw/compressed_segmentation)
+    gzip_level: int = 1
+    jpeg_quality: int = 85
+    png_level: int = 6
+    cseg_block_size: Vec = (8, 8, 8)
+    resolution: tuple[float, float, float] | None = None
+    units: str = "nm"
+    voxel_offset: Vec = (0, 0, 0)
+    chunk_size: Vec | None = None
+    factor: Vec | None = None
+    max_mips: int | None = None
+    downsample: str | None = None             # average, mode, stride, min, max
+    dtype: str | None = None                  # explicit conversion, may lose information
+    axes: str = "xyz"
+    affine: list | None = None                # voxel -> world for array sources
+    world_units: str = "mm"
+    skip_empty: bool = False
+    workers: int | None = None
+    task_bytes: int | None = None
+    overwrite: bool = False
+    resume: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class ConvertResult:
+    dest: str
+    layer: LayerSpec
+    plan: Plan
+    tasks_run: int = 0
+    chunks: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _say(opts: ConvertOptions, notes: list[str], text: str) -> None:
+    notes.append(text)
+    if not opts.quiet:
+        print(f"ngconvert: {text}", file=sys.stderr)
+
+
+def _resolve_dtype(src_info: SourceInfo, src, opts: ConvertOptions, origin: str, say) -> str:
+    d = np.dtype(src_info.dtype)
+    if opts.dtype:
+        if opts.dtype not in DATA_TYPES:
+            raise UserError(f"--dtype {opts.dtype}: not a precomputed data type; choose one of {', '.join(DATA_TYPES)}")
+        if opts.dtype != d.name:
+            say(f"converting {d.name} to {opts.dtype} as asked (values are rounded and clipped)")
+        return opts.dtype
+    if d.name in DATA_TYPES:
+        return d.name
+    if d.kind == "b":
+        return "uint8"
+    if d.name == "float16":
+        return "float32"
+    if d.name == "float64":
+        lo, hi, exact = value_range(src, check_float32=True)
+        if not exact:
+            raise UserError(f"{origin}: float64 values are not all exactly representable as float32; "
+                            "pass --dtype float32 to convert with rounding")
+        say("float64 data converted to float32 (checked lossless)")
+        return "float32"
+    if d.kind in "iu":
+        lo, hi, _ = value_range(src)
+        for cand in ("uint8", "uint16", "uint32", "uint64") if lo >= 0 else ("int8", "int16", "int32"):
+            info = np.iinfo(cand)
+            if info.min <= lo and hi <= info.max and np.dtype(cand).itemsize >= min(4, d.itemsize):
+                say(f"{d.name} data converted to {cand} (values {lo}..{hi} fit; lossless)")
+                return cand
+        raise UserError(f"{origin}: {d.name} values {lo}..{hi} fit no precomputed type; "
+                        "pass --dtype to convert with clipping")
+    raise UserError(f"{origin}: data type {d} is not supported; give integers or float32")
+
+
+def resolve_layer(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> LayerSpec:
+    """Decide every property of the layer from the source and the options."""
+    def say(text):
+        _say(opts, notes, text)
+
+    src = open_source(ref)
+    info = src.info
+    origin = ref.origin
+    for n in info.notes:
+        say(f"{origin}: {n}")
+    data_type = _resolve_dtype(info, src, opts, origin, say)
+
+    layer_type = opts.layer_type
+    if layer_type not in LAYER_TYPES + ("auto",):
+        raise UserError(f"--type {layer_type}: choose image, segmentation or auto")
+    if layer_type == "auto":
+        layer_type, why = guess_layer_type(src, np.dtype(data_type))
+        say(f"--type auto chose {layer_type} ({why}); pass --type to override")
+    if layer_type == "segmentation":
+        if info.channels != 1:
+            raise UserError(f"{origin}: segmentation needs one channel, the data has {info.channels}; use --type image")
+        if np.dtype(data_type).kind == "f":
+            raise UserError(f"{origin}: segmentation needs integer labels, the data is {data_type}; "
+                            "use --type image or pass --dtype uint32")
+
+    encoding = opts.encoding or ("compressed_segmentation" if layer_type == "segmentation" else "raw")
+    if encoding not in ENCODINGS:
+        raise UserError(f"--encoding {encoding}: choose one of {', '.join(ENCODINGS)}")
+    if encoding == "jpeg" and layer_type == "segmentation":
+        raise UserError("--encoding jpeg is lossy and would invent labels; use compressed_segmentation or raw "
+                        "for a segmentation")
+    if encoding == "compressed_segmentation" and data_type not in ("uint32", "uint64"):
+        kind = np.dtype(data_type).kind
+        if kind == "f":
+            raise UserError(f"--encoding compressed_segmentation stores uint32/uint64 labels, the data is "
+                            f"{data_type}; use raw, or --dtype uint32")
+        if kind == "i":
+            lo, _hi, _ = value_range(src)
+            if lo < 0:
+                raise UserError(f"{origin}: compressed_segmentation stores unsigned labels but the data has "
+                                f"negative values (min {lo}); use --encoding raw")
+        say(f"{data_type} labels widened to uint32 for compressed_segmentation")
+        data_type = "uint32"
+    problem = encoding_problem(encoding, data_type, info.channels)
+    if problem:
+        raise UserError(f"{origin}: {problem}; choose another --encoding")
+
+    compress = opts.compress
+    if compress == "auto":
+        compress = "gzip" if encoding in ("raw", "compressed_segmentation") else "none"
+    if compress not in ("gzip", "none"):
+        raise UserError(f"--compress {compress}: choose gzip or none")
+    if not 1 <= opts.gzip_level <= 12:
+        raise UserError(f"--gzip-level {opts.gzip_level}: choose 1 (fastest) to 12 (smallest)")
+    if not 0 <= opts.jpeg_quality <= 100:
+        raise UserError(f"--jpeg-quality {opts.jpeg_quality}: choose 0 to 100")
+    if not 0 <= opts.png_level <= 9:
+        raise UserError(f"--png-level {opts.png_level}: choose 0 to 9")
+    if any(b < 1 for b in opts.cseg_block_size):
+        raise UserError(f"--block-size {opts.cseg_block_size}: sizes must be positive")
+
+    method = opts.downsample or ("mode" if layer_type == "segmentation" else "average")
+    if method not in METHODS:
+        raise UserError(f"--downsample {method}: choose one of {', '.join(METHODS)}")
+    if method == "average" and layer_type == "segmentation":
+        say("note: averaging labels invents labels at boundaries; mode is the usual choice")
+
+    if opts.resolution is not None:
+        if opts.units not in UNIT_TO_NM:
+            raise UserError(f"--units {opts.units}: choose one of nm, um, mm, m")
+        resolution = tuple(float(r) * UNIT_TO_NM[opts.units] for r in opts.resolution)
+    elif info.resolution_nm is not None:
+        resolution = tuple(float(r) for r in info.resolution_nm)
+    else:
+        resolution = (1.0, 1.0, 1.0)
+        say("no voxel size known; using 1x1x1 nm (pass --resolution and --units)")
+    if any(not np.isfinite(r) or r <= 0 for r in resolution):
+        raise UserError(f"voxel size {resolution} nm is not positive; pass --resolution")
+
+    chunk = tuple(opts.chunk_size) if opts.chunk_size else choose_chunk_size(info.shape, resolution)
+    if any(c < 1 for c in chunk):
+        raise UserError(f"--chunk-size {chunk}: sizes must be positive")
+    from .geometry import Box
+
+    offset = tuple(int(o) for o in opts.voxel_offset)
+    bounds = Box(offset, tuple(o + s for o, s in zip(offset, info.shape)))
+    if opts.factor is not None and any(f < 1 for f in opts.factor):
+        raise UserError(f"--factor {opts.factor}: factors must be 1 or more")
+    if opts.max_mips is not None and opts.max_mips < 0:
+        raise UserError(f"--max-mips {opts.max_mips}: must be 0 or more")
+    factors = plan_factors(bounds, resolution, chunk, opts.factor, opts.max_mips)
+
+    affine = info.affine if info.affine is not None else opts.affine
+    world_units = info.world_units if info.affine is not None else opts.world_units
+    transform = make_transform(affine, world_units, offset, resolution, origin) if affine is not None else None
+
+    return LayerSpec(
+        layer_type=layer_type, data_type=data_type, num_channels=info.channels, size=info.shape,
+        voxel_offset=offset, resolution=resolution, chunk_size=chunk, factors=factors,
+        encoding=encoding, compress=compress, gzip_level=opts.gzip_level, jpeg_quality=opts.jpeg_quality,
+        png_level=opts.png_level, cseg_block_size=tuple(opts.cseg_block_size), downsample=method,
+        skip_empty=opts.skip_empty, transform=transform)
+
+
+def make_transform(affine, world_units: str, offset, resolution, origin: str) -> dict:
+    """The ``transform.json`` sidecar (see the README, "Physical space")."""
+    a = np.asarray(affine, dtype=float)
+    if a.shape != (4, 4):
+        raise UserError(f"affine for {origin} must be 4x4, got {a.shape}")
+    # layer point p (nm, as the viewer places voxels: voxel v spans [v, v+1) * resolution)
+    # -> voxel index i = p / resolution - voxel_offset - 0.5 -> world = A [i, 1]
+    to_index = np.eye(4)
+    to_index[:3, :3] = np.diag([1.0 / r for r in resolution])
+    to_index[:3, 3] = [-(o + 0.5) for o in offset]
+    return {
+        "@type": "ngconvert_transform_v1",
+        "source": origin,
+        "world_units": world_units,
+        "voxel_to_world": a.tolist(),
+        "layer_nm_to_world": (a @ to_index).tolist(),
+        "voxel_offset": list(offset),
+        "resolution_nm": list(resolution),
+    }
+
+
+def _run(task):
+    ctx = context()
+    return run_task(ctx["store"], ctx["plan"], task)
+
+
+def _executor_for(plan: Plan, store: Store, workers: int | None):
+    ex = make_executor(workers)
+    import multiprocessing as mp
+
+    if ex.workers > 1 and (isinstance(store, MemoryStore) or
+                           (plan.source.kind == "array" and "fork" not in mp.get_all_start_methods())):
+        return ThreadExecutor(ex.workers)
+    return ex
+
+
+def convert(source, dest, options: ConvertOptions | None = None, dry_run: bool = False) -> ConvertResult:
+    """Convert ``source`` (a path or numpy array) into a precomputed layer at ``dest``."""
+    opts = options or ConvertOptions()
+    t0 = time.perf_counter()
+    store = open_store(dest)
+    notes: list[str] = []
+    ref = ref_for(source, opts.axes)
+
+    if opts.resume and not dry_run:
+        blob = store.get(PLAN_KEY)
+        if blob is None:
+            if store.exists("info"):
+                raise UserError(f"{store.url} is already complete; nothing to resume")
+            raise UserError(f"{store.url} has no interrupted conversion to resume; run without --resume")
+        import json
+
+        plan = Plan.from_json(json.loads(blob))
+        if plan.source.origin != ref.origin and ref.kind != "array":
+            raise UserError(f"{store.url} was started from {plan.source.origin}, not {ref.origin}; "
+                            "resume with the same source")
+        prepared = prepare(replace(ref, axes=plan.source.axes))
+        plan.source = prepared
+    else:
+        if not dry_run:
+            store.check_writable()
+            if not store.is_empty():
+                if not opts.overwrite:
+                    raise UserError(f"destination {store.url} exists and is not empty; pass --overwrite to "
+                                    "replace it (or --resume to finish an interrupted run)")
+                store.clear()
+        prepared = prepare(ref)
+        try:
+            layer = resolve_layer(prepared, opts, notes)
+            src_dtype = open_source(prepared).info.dtype.name
+        except BaseException:
+            release(prepared)
+            raise
+        workers = opts.workers or make_executor(None).workers
+        plan = Plan(layer, prepared, src_dtype, plan_stages(layer, workers, opts.task_bytes or (64 << 20)))
+        if dry_run:
+            release(prepared)
+            return ConvertResult(store.url, layer, plan, notes=notes)
+        saved = replace(plan, source=ref if ref.kind != "nibabel" else replace(prepared, path=ref.path))
+        store.put(PLAN_KEY, dumps(saved.to_json()), content_type="application/json")
+
+    result = ConvertResult(store.url, plan.layer, plan, notes=notes)
+    executor = _executor_for(plan, store, opts.workers)
+    ctx = {"store": store, "plan": plan}
+    total = sum(plan.task_count(s) for s in plan.stages)
+    try:
+        with Progress(total, "converting", quiet=opts.quiet) as bar:
+            for stage in plan.stages:
+                todo = []
+                for task in plan.tasks(stage):
+                    if opts.resume and store.exists(done_key(task)):
+                        bar.update(1)
+                    else:
+                        todo.append(task)
+                for _task, res in executor.run(_run, todo, ctx):
+                    res: TaskResult
+                    result.tasks_run += 1
+                    result.chunks += res.chunks
+                    result.bytes_written += res.bytes_written
+                    bar.update(1, res.bytes_written)
+        if plan.layer.transform is not None:
+            store.put("transform.json", dumps(plan.layer.transform), content_type="application/json")
+        store.put("info", dumps(plan.layer.info()), content_type="application/json")
+        store.delete_prefix(SCRATCH + "/")
+    finally:
+        release(plan.source)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def write_volume(array: np.ndarray, dest, resolution=(1.0, 1.0, 1.0), layer_type: str = "auto",
+                 units: str = "nm", axes: str = "xyz", **options) -> ConvertResult:
+    """Write a numpy array as a multiscale precomputed layer.
+
+    ``array`` is indexed ``[x, y, z]`` or ``[x, y, z, c]`` by default; pass ``axes="zyx"``
+    (or ``"czyx"``, ...) for other orders.  ``resolution`` is the voxel size in ``units``.
+    Other keyword arguments are :class:`ConvertOptions` fields.
+    """
+    opts = ConvertOptions(layer_type=layer_type, resolution=tuple(resolution), units=units, axes=axes,
+                          quiet=options.pop("quiet", True), **options)
+    return convert(array, dest, opts)

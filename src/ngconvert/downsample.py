@@ -1,0 +1,107 @@
+"""Downsampling kernels for one pyramid step.
+
+Arrays are ``[x, y, z, c]`` and cover a :class:`~ngconvert.geometry.Box` of absolute
+voxel coordinates.  A coarse voxel ``i`` pools the fine voxels ``[f*i, f*i + f)``; blocks
+cut by the region's edges are pooled over the voxels that exist.
+
+``average`` works on running *sums* (float64) instead of rounded means, so every level
+is the exact mean of the full-resolution voxels under it, rounded once: no drift from
+level to level, and partial blocks at the volume's edges are weighted by how many
+voxels they really hold.  ``mode`` (labels) uses tinybrain's counting kernels for 2x2x2
+and 2x2x1 and a vectorised block mode otherwise; it only ever returns a value present in
+the block.  ``stride``, ``min`` and ``max`` are plain block reductions.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tinybrain
+
+from .geometry import Box, Vec, ceildiv
+
+METHODS = ("average", "mode", "stride", "min", "max")
+
+
+def _pads(box: Box, factor: Vec) -> list[tuple[int, int]]:
+    pads = []
+    for a, b, f in zip(box.start, box.stop, factor):
+        pads.append((a - (a // f) * f, ceildiv(b, f) * f - b))
+    return pads
+
+
+def _padded(data: np.ndarray, box: Box, factor: Vec, mode: str) -> np.ndarray:
+    pads = _pads(box, factor)
+    if any(p for pair in pads for p in pair):
+        data = np.pad(data, pads + [(0, 0)], mode=mode)
+    return np.asfortranarray(data)
+
+
+def _blocks(data: np.ndarray, factor: Vec) -> np.ndarray:
+    """View ``[x,y,z,c]`` as ``[fx, nx, fy, ny, fz, nz, c]`` (data must be F-contiguous)."""
+    fx, fy, fz = factor
+    nx, ny, nz, c = data.shape[0] // fx, data.shape[1] // fy, data.shape[2] // fz, data.shape[3]
+    return data.reshape((fx, nx, fy, ny, fz, nz, c), order="F")
+
+
+def pool_sum(data: np.ndarray, box: Box, factor: Vec) -> tuple[np.ndarray, Box]:
+    """Sum of each block, as float64 (``data`` may be values or sums)."""
+    out_box = box.downsample(factor)
+    if factor == (1, 1, 1):
+        return np.asfortranarray(data, dtype=np.float64), out_box
+    blocks = _blocks(_padded(data, box, factor, "constant"), factor)
+    return np.asfortranarray(blocks.sum(axis=(0, 2, 4), dtype=np.float64)), out_box
+
+
+def _mode_generic(data: np.ndarray, factor: Vec) -> np.ndarray:
+    b = _blocks(data, factor)
+    nx, ny, nz, c = b.shape[1], b.shape[3], b.shape[5], b.shape[6]
+    k = factor[0] * factor[1] * factor[2]
+    rows = np.ascontiguousarray(b.transpose(1, 3, 5, 6, 0, 2, 4)).reshape(-1, k)
+    counts = np.zeros(rows.shape, dtype=np.uint8)
+    for j in range(k):
+        counts[:, j] = (rows == rows[:, j:j + 1]).sum(axis=1)
+    pick = counts.argmax(axis=1)
+    out = rows[np.arange(rows.shape[0]), pick]
+    return np.asfortranarray(out.reshape(nx, ny, nz, c))
+
+
+def pool_values(data: np.ndarray, box: Box, factor: Vec, method: str) -> tuple[np.ndarray, Box]:
+    """One step of mode, stride, min or max pooling; keeps the dtype."""
+    out_box = box.downsample(factor)
+    if factor == (1, 1, 1):
+        return data, out_box
+    data = _padded(data, box, factor, "edge")
+    if method == "mode":
+        if factor in ((2, 2, 2), (2, 2, 1)) and data.dtype != np.bool_:
+            out = tinybrain.downsample_segmentation(data, factor)[0]
+        else:
+            out = _mode_generic(data, factor)
+    elif method == "stride":
+        out = data[::factor[0], ::factor[1], ::factor[2]]
+    elif method == "min":
+        out = _blocks(data, factor).min(axis=(0, 2, 4))
+    elif method == "max":
+        out = _blocks(data, factor).max(axis=(0, 2, 4))
+    else:
+        raise ValueError(f"unknown downsampling method {method!r}")
+    return np.asfortranarray(out), out_box
+
+
+def axis_counts(box: Box, base: Box, cumulative: Vec) -> list[np.ndarray]:
+    """Per axis, how many full-resolution voxels each voxel of ``box`` pools."""
+    counts = []
+    for a, b, o, e, f in zip(box.start, box.stop, base.start, base.stop, cumulative):
+        i = np.arange(a, b, dtype=np.int64)
+        counts.append((np.minimum((i + 1) * f, e) - np.maximum(i * f, o)).astype(np.float64))
+    return counts
+
+
+def mean_from_sums(sums: np.ndarray, box: Box, base: Box, cumulative: Vec, dtype: np.dtype) -> np.ndarray:
+    """Exact block means of the full-resolution data, rounded once to ``dtype``."""
+    cx, cy, cz = axis_counts(box, base, cumulative)
+    n = cx[:, None, None, None] * cy[None, :, None, None] * cz[None, None, :, None]
+    mean = sums / n
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return np.asfortranarray(mean.astype(dtype))
+    info = np.iinfo(dtype)
+    return np.asfortranarray(np.clip(np.rint(mean), info.min, info.max).astype(dtype))

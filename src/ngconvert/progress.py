@@ -1,0 +1,31 @@
+"""A progress bar on stderr, shown only on a terminal and never with ``quiet``."""
+from __future__ import annotations
+
+import sys
+
+
+class Progress:
+    def __init__(self, total: int, desc: str, quiet: bool = False):
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            tqdm.monitor_interval = 0
+            self.bar = tqdm(total=total, desc=desc, unit="task", file=sys.stderr, dynamic_ncols=True)
+        self.bytes = 0
+
+    def update(self, n: int = 1, nbytes: int = 0) -> None:
+        self.bytes += nbytes
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix_str(f"{self.bytes / 1e6:.1f} MB written", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

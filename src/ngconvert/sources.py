@@ -1,0 +1,334 @@
+"""Volume sources: lazily read regions of an ``[x, y, z, c]`` array with physical metadata.
+
+A source is described by a small JSON-able reference (``SourceRef``) so that a task in
+another process can reopen it; :func:`open_source` turns a reference into a reader and
+caches it per process.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .geometry import Box
+
+# in-memory arrays handed to the Python API, reachable by id from forked workers
+_ARRAYS: dict[str, np.ndarray] = {}
+_OPEN: dict[str, "VolumeSource"] = {}
+_LOCK = threading.Lock()
+
+UNIT_TO_NM = {"nm": 1.0, "um": 1e3, "micron": 1e3, "µm": 1e3, "mm": 1e6, "m": 1e9, "meter": 1e9}
+MAX_CHANNELS = 16
+NIBABEL_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh", ".img", ".hdr", ".img.gz", ".hdr.gz")
+
+
+@dataclass
+class SourceRef:
+    """Everything needed to reopen a source in any process."""
+
+    kind: str                      # "nibabel", "npy" or "array"
+    path: str = ""                 # file read (a decompressed copy for gzipped files)
+    origin: str = ""               # what the user named
+    axes: str = "xyz"              # axis order of the stored array ("xyz", "zyx", "xyzc", "czyx", ...)
+    array_id: str = ""
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, obj) -> "SourceRef":
+        return cls(**obj)
+
+    def key(self) -> str:
+        return f"{self.kind}:{self.path}:{self.axes}:{self.array_id}"
+
+
+@dataclass
+class SourceInfo:
+    """Physical metadata a source knows about itself."""
+
+    shape: tuple[int, int, int]
+    channels: int
+    dtype: np.dtype
+    resolution_nm: tuple[float, float, float] | None = None
+    affine: list[list[float]] | None = None      # voxel index (centre) -> world
+    world_units: str | None = None
+    label_hint: bool = False                       # e.g. NIfTI intent code "label"
+    scaled: bool = False                           # values come from a slope/intercept
+    notes: list[str] = field(default_factory=list)
+
+
+class VolumeSource:
+    info: SourceInfo
+
+    def read(self, box: Box) -> np.ndarray:
+        """The voxels of ``box`` (source coordinates, origin 0) as an F-ordered ``[x,y,z,c]`` array."""
+        raise NotImplementedError
+
+
+def _permutation(axes: str, ndim: int) -> tuple[int, ...]:
+    axes = axes.lower()
+    if sorted(axes.replace("c", "")) != ["x", "y", "z"] or len(set(axes)) != len(axes) or set(axes) - set("xyzc"):
+        raise UserError(f"axis order {axes!r} is not a permutation of 'xyz' with an optional 'c'; "
+                        "use e.g. xyz, zyx, xyzc or czyx")
+    if len(axes) != ndim:
+        raise UserError(f"axis order {axes!r} names {len(axes)} axes but the array has {ndim}; "
+                        "add or drop 'c' to match")
+    order = "xyzc" if "c" in axes else "xyz"
+    return tuple(axes.index(a) for a in order)
+
+
+class ArraySource(VolumeSource):
+    """A numpy array (in memory or memory-mapped) in any axis order."""
+
+    def __init__(self, array: np.ndarray, axes: str = "xyz", origin: str = "array"):
+        if array.ndim < 2 or array.ndim > 4:
+            raise UserError(f"{origin}: {array.ndim}-D data is not supported; give a 3-D volume "
+                            "(or 4-D with a channel axis)")
+        if array.ndim == 2:
+            array = array[:, :, None] if axes in ("xyz", "xy") else array[None, :, :]
+            axes = "xyz" if axes in ("xyz", "xy") else axes
+        if axes == "xyz" and array.ndim == 4:
+            axes = "xyzc"
+        view = np.transpose(array, _permutation(axes, array.ndim))
+        if view.ndim == 3:
+            view = view[..., None]
+        if view.dtype.names is not None:
+            raise UserError(f"{origin}: structured dtype {view.dtype} is not supported; give plain numbers")
+        self.array = view
+        shape = tuple(int(n) for n in view.shape[:3])
+        self.info = SourceInfo(shape=shape, channels=int(view.shape[3]), dtype=view.dtype)
+        _check_shape(origin, shape, self.info.channels)
+
+    def read(self, box: Box) -> np.ndarray:
+        sx, sy, sz = box.slices((0, 0, 0))
+        return np.asfortranarray(self.array[sx, sy, sz, :])
+
+
+def _check_shape(origin: str, shape, channels: int) -> None:
+    if any(n == 0 for n in shape) or channels == 0:
+        raise UserError(f"{origin}: the volume has a zero-size axis (shape {tuple(shape)}, "
+                        f"{channels} channel(s)); nothing to convert")
+    if channels > MAX_CHANNELS:
+        raise UserError(f"{origin}: {channels} channels (a 4th axis of {channels}) looks like a time "
+                        f"series, not colour channels; extract one volume first (at most {MAX_CHANNELS} channels)")
+
+
+def _is_gzipped(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def decompress_to_temp(path: str) -> str:
+    """Stream a gzipped file to an uncompressed copy in a temporary folder."""
+    name = Path(path).name
+    for suffix, repl in ((".nii.gz", ".nii"), (".mgz", ".mgh"), (".img.gz", ".img"), (".gz", "")):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)] + repl
+            break
+    tmpdir = tempfile.mkdtemp(prefix="ngconvert-src-")
+    out = os.path.join(tmpdir, name)
+    d = zlib.decompressobj(wbits=31)
+    try:
+        with open(path, "rb") as src, open(out, "wb") as dst:
+            while True:
+                block = src.read(16 << 20)
+                if not block:
+                    break
+                dst.write(d.decompress(block))
+                while d.eof and d.unused_data:   # concatenated gzip members
+                    rest = d.unused_data
+                    d = zlib.decompressobj(wbits=31)
+                    dst.write(d.decompress(rest))
+            dst.write(d.flush())
+        if not d.eof:
+            raise UserError(f"{path}: the gzip stream is truncated; the file is incomplete, "
+                            "copy or download it again")
+    except zlib.error as e:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise UserError(f"{path}: corrupt gzip data ({e}); the file is damaged, copy or download it again") from None
+    except OSError as e:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise UserError(f"{path}: cannot decompress to {tmpdir} ({e.strerror or e}); "
+                        "free space in the temporary folder or set TMPDIR") from None
+    except UserError:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+    return out
+
+
+class NibabelSource(VolumeSource):
+    """NIfTI-1/2, MGH/MGZ, Analyze: memory-mapped, with the header's affine and voxel size."""
+
+    def __init__(self, path: str, origin: str):
+        import nibabel as nib
+
+        self.path, self.origin = path, origin
+        try:
+            img = nib.load(path)
+        except Exception as e:  # nibabel raises many types for bad files
+            raise UserError(f"{origin}: not a readable NIfTI/MGH/Analyze volume ({_one_line(e)}); "
+                            "check that the file is complete and in a format nibabel reads") from None
+        proxy = img.dataobj
+        if not hasattr(proxy, "offset"):
+            raise UserError(f"{origin}: unsupported image layout; convert it to NIfTI first")
+        shape = tuple(int(n) for n in proxy.shape)
+        raw_dtype = np.dtype(proxy.dtype)
+        channels = 1
+        if raw_dtype.names is not None:          # RGB24 / RGBA32 NIfTI
+            channels = len(raw_dtype.names)
+            base = raw_dtype[0]
+        else:
+            base = raw_dtype
+        geo = list(shape)
+        while len(geo) < 3:
+            geo.append(1)
+        if len(geo) == 5 and geo[3] == 1:        # NIfTI vector data: x, y, z, t=1, c
+            geo = geo[:3] + [geo[4]]
+        if len(geo) > 4:
+            raise UserError(f"{origin}: {len(shape)}-D data (shape {shape}) is not supported; "
+                            "give a 3-D volume or 4-D with channels last")
+        if len(geo) == 4:
+            if channels != 1:
+                raise UserError(f"{origin}: 4-D RGB data (shape {shape}) is not supported; give one RGB volume")
+            channels = geo[3]
+        try:
+            mm = np.memmap(path, dtype=raw_dtype, mode="r", offset=int(proxy.offset),
+                           shape=tuple(shape), order=getattr(proxy, "order", "F"))
+        except (ValueError, OSError) as e:
+            raise UserError(f"{origin}: the file is shorter than its header says ({_one_line(e)}); "
+                            "it is truncated, copy or download it again") from None
+        arr = mm
+        if raw_dtype.names is not None:
+            # view each record's fields as a trailing channel axis (no copy)
+            arr = np.ndarray(shape=tuple(geo[:3]) + (channels,), dtype=base, buffer=mm,
+                             strides=(raw_dtype.itemsize, raw_dtype.itemsize * geo[0],
+                                      raw_dtype.itemsize * geo[0] * geo[1], base.itemsize))
+        else:
+            arr = mm.reshape(tuple(geo[:3]) + (channels,), order="F")
+        slope, inter = _scaling(proxy)
+        self.slope, self.inter = slope, inter
+        self.array = arr
+        hdr = img.header
+        zooms = [float(z) for z in hdr.get_zooms()[:3]]
+        while len(zooms) < 3:
+            zooms.append(1.0)
+        units = "mm"
+        notes = []
+        if hasattr(hdr, "get_xyzt_units"):
+            u = hdr.get_xyzt_units()[0]
+            units = {"mm": "mm", "micron": "um", "meter": "m"}.get(u, "mm")
+            if u == "unknown":
+                notes.append("the header gives no spatial unit; assuming millimetres")
+        label_hint = False
+        try:
+            label_hint = int(hdr["intent_code"]) == 1002
+        except Exception:
+            pass
+        scaled = (slope, inter) != (1.0, 0.0)
+        dtype = np.dtype(np.float32) if scaled else np.dtype(base)
+        if scaled:
+            notes.append(f"values are scaled by the header (slope {slope:g}, intercept {inter:g}); "
+                         "writing scaled values as float32")
+        self.info = SourceInfo(
+            shape=tuple(geo[:3]), channels=channels, dtype=dtype,
+            resolution_nm=tuple(z * UNIT_TO_NM[units] for z in zooms),
+            affine=np.asarray(img.affine, dtype=float).tolist(), world_units=units,
+            label_hint=label_hint, scaled=scaled, notes=notes)
+        _check_shape(origin, self.info.shape, channels)
+
+    def read(self, box: Box) -> np.ndarray:
+        sx, sy, sz = box.slices((0, 0, 0))
+        try:
+            data = np.asfortranarray(self.array[sx, sy, sz, :])
+        except OSError as e:
+            raise UserError(f"{self.origin}: read failed ({e.strerror or e})") from None
+        if not data.dtype.isnative:
+            data = data.astype(data.dtype.newbyteorder("="))
+        if (self.slope, self.inter) != (1.0, 0.0):
+            data = (data * np.float64(self.slope) + np.float64(self.inter)).astype(np.float32, order="F")
+        return data
+
+
+def _scaling(proxy) -> tuple[float, float]:
+    slope = getattr(proxy, "slope", 1.0)
+    inter = getattr(proxy, "inter", 0.0)
+    slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
+    inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+    return slope, inter
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def ref_for(source, axes: str = "xyz") -> SourceRef:
+    """A reference for what the user gave: a path or a numpy array."""
+    if isinstance(source, np.ndarray):
+        array_id = f"a{id(source):x}"
+        _ARRAYS[array_id] = source
+        return SourceRef(kind="array", origin="array", axes=axes, array_id=array_id)
+    path = os.fspath(source)
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such file; check the path")
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder; give a volume file (.nii, .nii.gz, .mgz, .img, .npy)")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{path}: permission denied; make the file readable")
+    lower = path.lower()
+    if lower.endswith(".npy"):
+        return SourceRef(kind="npy", path=path, origin=path, axes=axes)
+    if lower.endswith(NIBABEL_SUFFIXES):
+        return SourceRef(kind="nibabel", path=path, origin=path)
+    raise UserError(f"{path}: unknown volume format; give .nii, .nii.gz, .mgz, .mgh, .img/.hdr or .npy")
+
+
+def prepare(ref: SourceRef) -> SourceRef:
+    """Make a reference cheap to read from anywhere (gzipped files get an uncompressed copy)."""
+    if ref.kind == "nibabel" and os.path.isfile(ref.path) and _is_gzipped(ref.path):
+        return SourceRef(kind="nibabel", path=decompress_to_temp(ref.path), origin=ref.origin)
+    return ref
+
+
+def release(ref: SourceRef) -> None:
+    """Forget an opened source and remove a temporary copy made by :func:`prepare`."""
+    with _LOCK:
+        _OPEN.pop(ref.key(), None)
+    if ref.kind == "nibabel" and ref.path != ref.origin:
+        shutil.rmtree(os.path.dirname(ref.path), ignore_errors=True)
+    if ref.kind == "array":
+        _ARRAYS.pop(ref.array_id, None)
+
+
+def open_source(ref: SourceRef) -> VolumeSource:
+    key = ref.key()
+    with _LOCK:
+        src = _OPEN.get(key)
+    if src is not None:
+        return src
+    if ref.kind == "array":
+        if ref.array_id not in _ARRAYS:
+            raise RuntimeError("in-memory array is not available in this process")
+        src = ArraySource(_ARRAYS[ref.array_id], ref.axes, origin="array")
+    elif ref.kind == "npy":
+        try:
+            arr = np.load(ref.path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise UserError(f"{ref.origin}: not a readable .npy file ({_one_line(e)}); "
+                            "check that it is complete and was saved with numpy.save") from None
+        src = ArraySource(arr, ref.axes, origin=ref.origin)
+    elif ref.kind == "nibabel":
+        src = NibabelSource(ref.path, ref.origin)
+    else:
+        raise ValueError(f"unknown source kind {ref.kind!r}")
+    with _LOCK:
+        _OPEN[key] = src
+    return src

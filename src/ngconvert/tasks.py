@@ -1,0 +1,119 @@
+"""Running one region task: read once, write every level the task owns, leave a carry."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from .codecs import encode_chunk, gzip_compress
+from .downsample import mean_from_sums, pool_sum, pool_values
+from .geometry import Box, ChunkGrid, chunk_key
+from .plan import Plan, Task, carry_key, done_key
+from .sources import open_source
+from .store import Store
+
+
+@dataclass
+class TaskResult:
+    chunks: int = 0
+    bytes_written: int = 0
+
+
+def read_source_region(plan: Plan, box: Box) -> np.ndarray:
+    """Level-0 voxels of ``box`` (dataset coordinates), in the layer's data type."""
+    src = open_source(plan.source)
+    offset = plan.layer.voxel_offset
+    local = Box(tuple(a - o for a, o in zip(box.start, offset)), tuple(b - o for b, o in zip(box.stop, offset)))
+    data = src.read(local)
+    dtype = np.dtype(plan.layer.data_type)
+    if data.dtype != dtype:
+        data = cast(data, dtype)
+    return data
+
+
+def cast(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Convert to ``dtype``; float to integer rounds, and every conversion clips to the range."""
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if data.dtype.kind == "f":
+            data = np.rint(data)
+        if data.dtype.kind in "iuf" and (data.dtype.kind == "f" or not np.can_cast(data.dtype, dtype)):
+            data = np.clip(data, info.min, info.max)
+    return np.asfortranarray(data.astype(dtype, copy=False))
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asfortranarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def read_carry(store: Store, plan: Plan, level: int, box: Box, dtype) -> np.ndarray:
+    scale = plan.scales()[level]
+    out = np.zeros(box.shape + (plan.layer.num_channels,), dtype=dtype, order="F")
+    for cell in ChunkGrid(scale.bounds, plan.layer.chunk_size).cells_in(box):
+        blob = store.get(carry_key(level, cell))
+        if blob is None:
+            raise RuntimeError(f"intermediate data for level {level} at {chunk_key(cell)} is missing; "
+                               "run again with --resume")
+        part = np.load(io.BytesIO(blob), allow_pickle=False)
+        inter = cell.intersect(box)
+        out[inter.slices(box.start)] = part[inter.slices(cell.start)]
+    return out
+
+
+class ChunkWriter:
+    def __init__(self, store: Store, plan: Plan):
+        self.store, self.plan = store, plan
+        self.opts = plan.layer.encoding_options
+        self.gzip = plan.layer.compress == "gzip"
+        self.result = TaskResult()
+
+    def write_level(self, level: int, values: np.ndarray, box: Box) -> None:
+        scale = self.plan.scales()[level]
+        grid = ChunkGrid(scale.bounds, self.plan.layer.chunk_size)
+        skip_empty = self.plan.layer.skip_empty
+        for cell in grid.cells_in(box):
+            chunk = values[cell.slices(box.start)]
+            if skip_empty and not chunk.any():
+                continue
+            data = encode_chunk(chunk, self.opts)
+            enc = None
+            if self.gzip:
+                data, enc = gzip_compress(data, self.plan.layer.gzip_level), "gzip"
+            self.store.put(f"{scale.key}/{chunk_key(cell)}", data, content_encoding=enc)
+            self.result.chunks += 1
+            self.result.bytes_written += len(data)
+
+
+def run_task(store: Store, plan: Plan, task: Task) -> TaskResult:
+    stage = plan.stages[task.stage]
+    scales = plan.scales()
+    layer = plan.layer
+    dtype = np.dtype(layer.data_type)
+    average = layer.downsample == "average"
+    writer = ChunkWriter(store, plan)
+
+    box = plan.footprint(task, stage.base)
+    if stage.base == 0:
+        cur = read_source_region(plan, box)
+    else:
+        cur = read_carry(store, plan, stage.base, box, np.float64 if average else dtype)
+    if stage.first == stage.base:
+        writer.write_level(stage.base, cur, box)
+    for level in range(stage.base + 1, stage.top + 1):
+        factor = scales[level].factor
+        if average:
+            cur, box = pool_sum(cur, box, factor)
+            values = mean_from_sums(cur, box, scales[0].bounds, scales[level].cumulative, dtype)
+        else:
+            cur, box = pool_values(cur, box, factor, layer.downsample)
+            values = cur
+        writer.write_level(level, values, box)
+    if stage.carry:
+        grid = ChunkGrid(scales[stage.top].bounds, layer.chunk_size)
+        for cell in grid.cells_in(box):
+            store.put(carry_key(stage.top, cell), _npy_bytes(cur[cell.slices(box.start)]))
+    store.put(done_key(task), b"")
+    return writer.result
