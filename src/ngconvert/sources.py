@@ -217,7 +217,8 @@ class NibabelSource(VolumeSource):
         self.slope, self.inter = slope, inter
         self.array = arr
         hdr = img.header
-        zooms = [float(z) for z in hdr.get_zooms()[:3]]
+        # headers hold float32: take the shortest decimal that round-trips (0.8, not 0.800000011920929)
+        zooms = [float(str(np.float32(z))) for z in hdr.get_zooms()[:3]]
         while len(zooms) < 3:
             zooms.append(1.0)
         units = "mm"

@@ -13,7 +13,8 @@ DATA_TYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "
 
 
 def format_number(r: float) -> str:
-    return str(int(r)) if float(r).is_integer() else f"{r:g}"
+    r = float(r)
+    return str(int(r)) if r.is_integer() else repr(r)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,151 @@
+"""Command-line interface: a thin layer over :mod:`ngconvert.convert`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .codecs import ENCODINGS
+from .convert import ConvertOptions, convert
+from .downsample import METHODS
+from .errors import UserError
+from .spec import DATA_TYPES
+from .stats import format_rows, read_info, scale_rows
+from .store import open_store
+
+
+def _vec(kind, name: str, count: int = 3):
+    def parse(text: str):
+        parts = [p for p in text.replace("x", ",").split(",") if p.strip() != ""]
+        try:
+            values = [kind(p) for p in parts]
+        except ValueError:
+            values = None
+        if values is None or len(values) != count:
+            example = "4,4,40" if kind is float else "64,64,64"
+            raise argparse.ArgumentTypeError(f"{name} {text!r}: give {count} comma-separated "
+                                             f"{'numbers' if kind is float else 'integers'}, e.g. {example}")
+        return tuple(values)
+    return parse
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="convert a volume into a multiscale precomputed layer",
+                       description="Convert a volume (NIfTI/MGH/Analyze or .npy) into a precomputed layer "
+                                   "with a full multiscale pyramid.")
+    p.add_argument("source", help="input volume: .nii, .nii.gz, .mgz, .mgh, .img/.hdr or .npy")
+    p.add_argument("dest", help="output folder of the layer")
+    g = p.add_argument_group("layer")
+    g.add_argument("--type", dest="layer_type", default="auto", choices=["auto", "image", "segmentation"],
+                   help="layer type (default: auto, decided from the data and reported)")
+    g.add_argument("--dtype", choices=DATA_TYPES, help="convert values to this type (rounds and clips)")
+    g.add_argument("--axes", default="xyz", help="axis order of a .npy array, e.g. zyx or czyx (default xyz)")
+    g = p.add_argument_group("physical space")
+    g.add_argument("--resolution", type=_vec(float, "--resolution"), help="voxel size x,y,z (default: from the header)")
+    g.add_argument("--units", default="nm", choices=["nm", "um", "mm", "m"], help="units of --resolution (default nm)")
+    g.add_argument("--offset", type=_vec(int, "--offset"), default=(0, 0, 0), help="voxel_offset x,y,z (default 0,0,0)")
+    g = p.add_argument_group("pyramid and chunks")
+    g.add_argument("--chunk-size", type=_vec(int, "--chunk-size"), help="chunk shape x,y,z (default: 2^18 voxels, physically cubic)")
+    g.add_argument("--factor", type=_vec(int, "--factor"), help="fixed downsampling factor per level, e.g. 2,2,1")
+    g.add_argument("--max-mips", type=int, help="at most this many downsampled levels")
+    g.add_argument("--downsample", choices=METHODS, help="method (default: average for images, mode for segmentations)")
+    g = p.add_argument_group("encoding")
+    g.add_argument("--encoding", choices=ENCODINGS, help="chunk encoding (default: raw for images, "
+                                                          "compressed_segmentation for segmentations)")
+    g.add_argument("--compress", default="auto", choices=["auto", "gzip", "none"],
+                   help="gzip chunks, stored as KEY.gz on disk (default: gzip for raw and compressed_segmentation)")
+    g.add_argument("--gzip-level", type=int, default=1, help="1 (fastest, default) to 12 (smallest)")
+    g.add_argument("--jpeg-quality", type=int, default=85, help="0-100 (default 85)")
+    g.add_argument("--png-level", type=int, default=6, help="0-9 (default 6)")
+    g.add_argument("--block-size", type=_vec(int, "--block-size"), default=(8, 8, 8),
+                   help="compressed_segmentation block size (default 8,8,8)")
+    g.add_argument("--skip-empty", action="store_true", help="do not store chunks that are all zero")
+    g = p.add_argument_group("run")
+    g.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    g.add_argument("--resume", action="store_true", help="finish an interrupted conversion")
+    g.add_argument("--dry-run", action="store_true", help="print the planned scales and tasks; write nothing")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or notes")
+
+
+def _cmd_convert(a) -> int:
+    if a.workers is not None and a.workers < 1:
+        raise UserError(f"--workers {a.workers}: give 1 or more")
+    opts = ConvertOptions(
+        layer_type=a.layer_type, encoding=a.encoding, compress=a.compress, gzip_level=a.gzip_level,
+        jpeg_quality=a.jpeg_quality, png_level=a.png_level, cseg_block_size=a.block_size,
+        resolution=a.resolution, units=a.units, voxel_offset=a.offset, chunk_size=a.chunk_size,
+        factor=a.factor, max_mips=a.max_mips, downsample=a.downsample, dtype=a.dtype, axes=a.axes,
+        skip_empty=a.skip_empty, workers=a.workers, overwrite=a.overwrite, resume=a.resume, quiet=a.quiet)
+    res = convert(a.source, a.dest, opts, dry_run=a.dry_run)
+    layer = res.layer
+    if a.dry_run:
+        print(f"{a.source} -> {a.dest}: {layer.layer_type} {layer.data_type} x{layer.num_channels}, "
+              f"{layer.encoding}{'+gzip' if layer.compress == 'gzip' else ''}, downsample {layer.downsample}")
+        print(format_rows(scale_rows(layer.info())))
+        for s in res.plan.stages:
+            print(f"stage {s.index}: levels {s.first}-{s.top} from level {s.base}, "
+                  f"{res.plan.task_count(s)} task(s)")
+        return 0
+    if not a.quiet:
+        print(f"wrote {a.dest}: {len(layer.factors) + 1} scales, {res.chunks} chunks, "
+              f"{res.bytes_written / 1e6:.1f} MB in {res.seconds:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _add_stats(sub) -> None:
+    p = sub.add_parser("stats", help="per-scale size, chunks and stored bytes of a dataset")
+    p.add_argument("dataset", help="folder of a precomputed dataset")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _cmd_stats(a) -> int:
+    store = open_store(a.dataset)
+    info = read_info(store)
+    rows = scale_rows(info, store)
+    if a.json:
+        print(json.dumps({"type": info.get("type"), "data_type": info.get("data_type"),
+                          "num_channels": info.get("num_channels"), "scales": rows}, indent=2))
+    else:
+        print(f"{a.dataset}: {info.get('type')} {info.get('data_type')} x{info.get('num_channels')}")
+        print(format_rows(rows))
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ngconvert", description="Volumes to Neuroglancer precomputed datasets.")
+    p.add_argument("--version", action="version", version=f"ngconvert {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_convert(sub)
+    _add_stats(sub)
+    return p
+
+
+COMMANDS = {"convert": _cmd_convert, "stats": _cmd_stats}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"ngconvert: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ngconvert: interrupted; run the same command with --resume to finish", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
