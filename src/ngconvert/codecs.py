@@ -55,7 +55,10 @@ def encode_raw(chunk: np.ndarray) -> bytes:
 
 
 def encode_jpeg(chunk: np.ndarray, quality: int) -> bytes:
-    return bytes(imagecodecs.jpeg8_encode(_as_image(chunk), level=int(quality)))
+    img = _as_image(chunk)
+    # no chroma subsampling: colour channels of scientific data keep full resolution
+    extra = {"subsampling": "444"} if img.ndim == 3 else {}
+    return bytes(imagecodecs.jpeg8_encode(img, level=int(quality), **extra))
 
 
 def encode_png(chunk: np.ndarray, level: int) -> bytes:

@@ -72,7 +72,9 @@ def pool_values(data: np.ndarray, box: Box, factor: Vec, method: str) -> tuple[n
     data = _padded(data, box, factor, "edge")
     if method == "mode":
         if factor in ((2, 2, 2), (2, 2, 1)) and data.dtype != np.bool_:
-            out = tinybrain.downsample_segmentation(data, factor)[0]
+            # one channel at a time: the kernel crashes on multi-channel input
+            out = np.stack([tinybrain.downsample_segmentation(np.asfortranarray(data[..., c]), factor)[0]
+                            for c in range(data.shape[3])], axis=-1)
         else:
             out = _mode_generic(data, factor)
     elif method == "stride":
