@@ -68,7 +68,10 @@ def test_jpeg(tmp, channels):
     assert info["num_channels"] == channels and info["scales"][0]["encoding"] == "jpeg"
     # stated bound for quality 90 on smooth data: mean error <= 1.5, max <= 24 grey levels
     check_dataset(tmp / "v", a, "tensorstore", "average", jpeg_tol=(1.5, 24))
-    check_dataset(tmp / "v", a, "cloudvolume", "average", jpeg_tol=(1.5, 24))
+    if channels == 1:
+        # cloud-volume reshapes decoded RGB pixels as if they were planar, unlike the spec,
+        # tensorstore and the viewer; its reading is compared for grey data only
+        check_dataset(tmp / "v", a, "cloudvolume", "average", jpeg_tol=(1.5, 24))
 
 
 @pytest.mark.parametrize("dtype,channels", [("uint8", 1), ("uint8", 3), ("uint16", 1), ("uint8", 2)])
