@@ -63,6 +63,8 @@ def _add_convert(sub) -> None:
     g.add_argument("--skip-empty", action="store_true", help="do not store chunks that are all zero")
     g = p.add_argument_group("run")
     g.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    g.add_argument("--task-memory", type=int, default=64, metavar="MB",
+                   help="input bytes one task reads at most, in MB (default 64); bounds memory per worker")
     g.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     g.add_argument("--resume", action="store_true", help="finish an interrupted conversion")
     g.add_argument("--dry-run", action="store_true", help="print the planned scales and tasks; write nothing")
@@ -70,14 +72,15 @@ def _add_convert(sub) -> None:
 
 
 def _cmd_convert(a) -> int:
-    if a.workers is not None and a.workers < 1:
-        raise UserError(f"--workers {a.workers}: give 1 or more")
+    if a.task_memory < 1:
+        raise UserError(f"--task-memory {a.task_memory}: give 1 MB or more")
     opts = ConvertOptions(
         layer_type=a.layer_type, encoding=a.encoding, compress=a.compress, gzip_level=a.gzip_level,
         jpeg_quality=a.jpeg_quality, png_level=a.png_level, cseg_block_size=a.block_size,
         resolution=a.resolution, units=a.units, voxel_offset=a.offset, chunk_size=a.chunk_size,
         factor=a.factor, max_mips=a.max_mips, downsample=a.downsample, dtype=a.dtype, axes=a.axes,
-        skip_empty=a.skip_empty, workers=a.workers, overwrite=a.overwrite, resume=a.resume, quiet=a.quiet)
+        skip_empty=a.skip_empty, workers=a.workers, task_bytes=a.task_memory << 20,
+        overwrite=a.overwrite, resume=a.resume, quiet=a.quiet)
     res = convert(a.source, a.dest, opts, dry_run=a.dry_run)
     layer = res.layer
     if a.dry_run:

@@ -11,7 +11,7 @@ from .codecs import ENCODINGS, encoding_problem
 from .downsample import METHODS
 from .errors import UserError
 from .executors import ThreadExecutor, context, make_executor
-from .geometry import Vec
+from .geometry import Box, Vec
 from .plan import PLAN_KEY, SCRATCH, Plan, done_key, plan_stages
 from .progress import Progress
 from .pyramid import choose_chunk_size, plan_factors
@@ -64,12 +64,6 @@ class ConvertResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _say(opts: ConvertOptions, notes: list[str], text: str) -> None:
-    notes.append(text)
-    if not opts.quiet:
-        print(f"ngconvert: {text}", file=sys.stderr)
-
-
 def _resolve_dtype(src_info: SourceInfo, src, opts: ConvertOptions, origin: str, say) -> str:
     d = np.dtype(src_info.dtype)
     if opts.dtype:
@@ -103,11 +97,48 @@ def _resolve_dtype(src_info: SourceInfo, src, opts: ConvertOptions, origin: str,
     raise UserError(f"{origin}: data type {d} is not supported; give integers or float32")
 
 
-def resolve_layer(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> LayerSpec:
-    """Decide every property of the layer from the source and the options."""
-    def say(text):
-        _say(opts, notes, text)
+def _check_option_ranges(opts: ConvertOptions) -> None:
+    """Checks that need no data, done before any work."""
+    if opts.layer_type not in LAYER_TYPES + ("auto",):
+        raise UserError(f"--type {opts.layer_type}: choose image, segmentation or auto")
+    if opts.encoding is not None and opts.encoding not in ENCODINGS:
+        raise UserError(f"--encoding {opts.encoding}: choose one of {', '.join(ENCODINGS)}")
+    if opts.compress not in ("auto", "gzip", "none"):
+        raise UserError(f"--compress {opts.compress}: choose auto, gzip or none")
+    if opts.downsample is not None and opts.downsample not in METHODS:
+        raise UserError(f"--downsample {opts.downsample}: choose one of {', '.join(METHODS)}")
+    if not 1 <= opts.gzip_level <= 12:
+        raise UserError(f"--gzip-level {opts.gzip_level}: choose 1 (fastest) to 12 (smallest)")
+    if not 0 <= opts.jpeg_quality <= 100:
+        raise UserError(f"--jpeg-quality {opts.jpeg_quality}: choose 0 to 100")
+    if not 0 <= opts.png_level <= 9:
+        raise UserError(f"--png-level {opts.png_level}: choose 0 to 9")
+    if len(opts.cseg_block_size) != 3 or any(b < 1 for b in opts.cseg_block_size):
+        raise UserError(f"--block-size {opts.cseg_block_size}: give three positive sizes, e.g. 8,8,8")
+    if opts.units not in UNIT_TO_NM:
+        raise UserError(f"--units {opts.units}: choose one of nm, um, mm, m")
+    if opts.resolution is not None and (len(opts.resolution) != 3 or any(
+            not np.isfinite(float(r)) or float(r) <= 0 for r in opts.resolution)):
+        raise UserError(f"--resolution {','.join(map(str, opts.resolution))}: voxel sizes must be positive "
+                        "numbers, e.g. 4,4,40")
+    if opts.chunk_size is not None and (len(opts.chunk_size) != 3 or any(c < 1 for c in opts.chunk_size)):
+        raise UserError(f"--chunk-size {opts.chunk_size}: give three positive sizes, e.g. 64,64,64")
+    if opts.factor is not None and (len(opts.factor) != 3 or any(f < 1 for f in opts.factor)):
+        raise UserError(f"--factor {opts.factor}: give three factors of 1 or more, e.g. 2,2,1")
+    if opts.max_mips is not None and opts.max_mips < 0:
+        raise UserError(f"--max-mips {opts.max_mips}: must be 0 or more")
+    if opts.workers is not None and opts.workers < 1:
+        raise UserError(f"--workers {opts.workers}: give 1 or more")
 
+
+def resolve_layer(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> LayerSpec:
+    """Decide every property of the layer from the source and the options.
+
+    Notes on what was decided are appended to ``notes``; the caller shows them once the
+    whole layer is resolved, so a bad option gives one error line and nothing else.
+    """
+    say = notes.append
+    _check_option_ranges(opts)
     src = open_source(ref)
     info = src.info
     origin = ref.origin
@@ -116,8 +147,6 @@ def resolve_layer(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> Lay
     data_type = _resolve_dtype(info, src, opts, origin, say)
 
     layer_type = opts.layer_type
-    if layer_type not in LAYER_TYPES + ("auto",):
-        raise UserError(f"--type {layer_type}: choose image, segmentation or auto")
     if layer_type == "auto":
         layer_type, why = guess_layer_type(src, np.dtype(data_type))
         say(f"--type auto chose {layer_type} ({why}); pass --type to override")
@@ -129,8 +158,6 @@ def resolve_layer(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> Lay
                             "use --type image or pass --dtype uint32")
 
     encoding = opts.encoding or ("compressed_segmentation" if layer_type == "segmentation" else "raw")
-    if encoding not in ENCODINGS:
-        raise UserError(f"--encoding {encoding}: choose one of {', '.join(ENCODINGS)}")
     if encoding == "jpeg" and layer_type == "segmentation":
         raise UserError("--encoding jpeg is lossy and would invent labels; use compressed_segmentation or raw "
                         "for a segmentation")
@@ -155,24 +182,12 @@ def resolve_layer(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> Lay
         compress = "gzip" if encoding in ("raw", "compressed_segmentation") else "none"
     if compress not in ("gzip", "none"):
         raise UserError(f"--compress {compress}: choose gzip or none")
-    if not 1 <= opts.gzip_level <= 12:
-        raise UserError(f"--gzip-level {opts.gzip_level}: choose 1 (fastest) to 12 (smallest)")
-    if not 0 <= opts.jpeg_quality <= 100:
-        raise UserError(f"--jpeg-quality {opts.jpeg_quality}: choose 0 to 100")
-    if not 0 <= opts.png_level <= 9:
-        raise UserError(f"--png-level {opts.png_level}: choose 0 to 9")
-    if any(b < 1 for b in opts.cseg_block_size):
-        raise UserError(f"--block-size {opts.cseg_block_size}: sizes must be positive")
 
     method = opts.downsample or ("mode" if layer_type == "segmentation" else "average")
-    if method not in METHODS:
-        raise UserError(f"--downsample {method}: choose one of {', '.join(METHODS)}")
     if method == "average" and layer_type == "segmentation":
         say("note: averaging labels invents labels at boundaries; mode is the usual choice")
 
     if opts.resolution is not None:
-        if opts.units not in UNIT_TO_NM:
-            raise UserError(f"--units {opts.units}: choose one of nm, um, mm, m")
         resolution = tuple(float(r) * UNIT_TO_NM[opts.units] for r in opts.resolution)
     elif info.resolution_nm is not None:
         resolution = tuple(float(r) for r in info.resolution_nm)
@@ -180,19 +195,11 @@ def resolve_layer(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> Lay
         resolution = (1.0, 1.0, 1.0)
         say("no voxel size known; using 1x1x1 nm (pass --resolution and --units)")
     if any(not np.isfinite(r) or r <= 0 for r in resolution):
-        raise UserError(f"voxel size {resolution} nm is not positive; pass --resolution")
+        raise UserError(f"{origin}: the voxel size {resolution} nm is not positive; pass --resolution")
 
     chunk = tuple(opts.chunk_size) if opts.chunk_size else choose_chunk_size(info.shape, resolution)
-    if any(c < 1 for c in chunk):
-        raise UserError(f"--chunk-size {chunk}: sizes must be positive")
-    from .geometry import Box
-
     offset = tuple(int(o) for o in opts.voxel_offset)
     bounds = Box(offset, tuple(o + s for o, s in zip(offset, info.shape)))
-    if opts.factor is not None and any(f < 1 for f in opts.factor):
-        raise UserError(f"--factor {opts.factor}: factors must be 1 or more")
-    if opts.max_mips is not None and opts.max_mips < 0:
-        raise UserError(f"--max-mips {opts.max_mips}: must be 0 or more")
     factors = plan_factors(bounds, resolution, chunk, opts.factor, opts.max_mips)
 
     affine = info.affine if info.affine is not None else opts.affine
@@ -280,6 +287,9 @@ def convert(source, dest, options: ConvertOptions | None = None, dry_run: bool =
         except BaseException:
             release(prepared)
             raise
+        if not opts.quiet:
+            for note in notes:
+                print(f"ngconvert: {note}", file=sys.stderr)
         workers = opts.workers or make_executor(None).workers
         plan = Plan(layer, prepared, src_dtype, plan_stages(layer, workers, opts.task_bytes or (64 << 20)))
         if dry_run:

@@ -46,7 +46,14 @@ class Store:
         return next(iter(self.list("")), None) is None
 
 
+TMP_DIR = ".ngconvert/tmp"
+
+
 class FileStore(Store):
+    """A local folder.  Objects are written to a temporary name inside the dataset and
+    renamed into place, so a key is either absent or complete; temporaries left by a
+    killed run sit in ``.ngconvert/tmp`` and go when the run is finished."""
+
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.url = str(self.root)
@@ -64,7 +71,11 @@ class FileStore(Store):
     def put(self, key, data, content_encoding=None, content_type=None):
         path = self._path(key + ".gz" if content_encoding == "gzip" else key)
         self._ensure_dir(path)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmpdir = self.root / TMP_DIR
+        if str(tmpdir) not in self._made:
+            tmpdir.mkdir(parents=True, exist_ok=True)
+            self._made.add(str(tmpdir))
+        tmp = tmpdir / uuid.uuid4().hex
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -107,10 +118,10 @@ class FileStore(Store):
             return
         for dirpath, _dirs, files in os.walk(base):
             for name in files:
-                if name.endswith(".tmp") and name.startswith("."):
-                    continue
                 p = Path(dirpath) / name
                 key = p.relative_to(self.root).as_posix()
+                if key.startswith(TMP_DIR + "/"):
+                    continue
                 if key.endswith(".gz"):
                     key = key[:-3]
                 yield key, p.stat().st_size

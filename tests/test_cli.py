@@ -1,0 +1,196 @@
+"""The command line: bad input, safety (overwrite, interruption, resume), stats and dry runs."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from checks import check_dataset
+from conftest import smooth_volume
+
+
+def run(*args, check=None):
+    p = subprocess.run([sys.executable, "-m", "ngconvert", *map(str, args)], capture_output=True, text=True)
+    if check is not None:
+        assert p.returncode == check, p.stderr
+    return p
+
+
+def one_line_error(p):
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, p.stderr
+    assert "Traceback" not in p.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def nifti(tmp):
+    path = tmp / "brain.nii.gz"
+    img = nib.Nifti1Image(smooth_volume((70, 60, 50), np.uint8), np.diag([1.0, 1.0, 1.0, 1.0]))
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+    return path
+
+
+def test_convert_and_stats(tmp, nifti):
+    p = run("convert", nifti, tmp / "out", check=0)
+    assert "auto chose image" in p.stderr and "wrote" in p.stderr
+    assert (tmp / "out" / "info").exists() and (tmp / "out" / "transform.json").exists()
+    assert list((tmp / "out" / "1000000_1000000_1000000").glob("*.gz"))
+    p = run("stats", tmp / "out", check=0)
+    assert "1000000_1000000_1000000" in p.stdout and "total" in p.stdout
+    p = run("stats", tmp / "out", "--json", check=0)
+    import json
+
+    rows = json.loads(p.stdout)["scales"]
+    assert rows[0]["stored_chunks"] == rows[0]["chunks"] == 2
+    assert rows[-1]["stored_chunks"] == 1
+
+
+def test_dry_run_writes_nothing(tmp, nifti):
+    p = run("convert", nifti, tmp / "out", "--dry-run", check=0)
+    assert "stage 0" in p.stdout and "raw" in p.stdout
+    assert not (tmp / "out").exists()
+
+
+def test_plain_files_with_compress_none(tmp, nifti):
+    run("convert", nifti, tmp / "out", "--compress", "none", "--quiet", check=0)
+    files = [f for f in (tmp / "out").rglob("*") if f.is_file()]
+    assert files and not any(f.suffix == ".gz" for f in files)
+
+
+def test_existing_destination_is_refused_without_overwrite(tmp, nifti):
+    run("convert", nifti, tmp / "out", "--quiet", check=0)
+    before = (tmp / "out" / "info").read_bytes()
+    line = one_line_error(run("convert", nifti, tmp / "out"))
+    assert "--overwrite" in line
+    (tmp / "keep").mkdir()
+    (tmp / "keep" / "notes.txt").write_text("mine")
+    assert "--overwrite" in one_line_error(run("convert", nifti, tmp / "keep"))
+    assert (tmp / "keep" / "notes.txt").read_text() == "mine"
+    run("convert", nifti, tmp / "out", "--overwrite", "--quiet", "--encoding", "png", check=0)
+    assert (tmp / "out" / "info").read_bytes() != before
+
+
+def _files(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_kill_then_resume_gives_identical_output(tmp):
+    a = smooth_volume((256, 256, 192), np.uint16, noise=200)
+    np.save(tmp / "v.npy", a)
+    args = ["--type", "image", "--chunk-size", "32,32,32", "--task-memory", "1", "--workers", "1",
+            "--gzip-level", "12", "--quiet"]
+    run("convert", tmp / "v.npy", tmp / "clean", *args, check=0)
+
+    dest = tmp / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "ngconvert", "convert", str(tmp / "v.npy"), str(dest), *args])
+    done = dest / ".ngconvert" / "done" / "0"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (done.is_dir() and len(os.listdir(done)) >= 3):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (dest / "info").exists(), "killed run must not look complete"
+    assert (dest / ".ngconvert" / "plan.json").exists()
+
+    assert "--resume" in one_line_error(run("convert", tmp / "v.npy", dest, *args))
+    p = run("convert", tmp / "v.npy", dest, *args, "--resume", check=0)
+    assert p.stderr == ""
+    assert _files(dest) == _files(tmp / "clean")
+    assert "nothing to resume" in one_line_error(run("convert", tmp / "v.npy", dest, "--resume"))
+    check_dataset(dest, a, "cloudvolume", "average")
+
+
+def test_resume_without_state(tmp, nifti):
+    assert "no interrupted conversion" in one_line_error(run("convert", nifti, tmp / "new", "--resume"))
+
+
+# ---- bad input: one line, exit 2, no traceback, nothing that looks complete ----
+
+def test_missing_file(tmp):
+    line = one_line_error(run("convert", tmp / "nope.nii.gz", tmp / "out"))
+    assert "nope.nii.gz" in line and "no such file" in line
+    assert not (tmp / "out" / "info").exists()
+
+
+def test_truncated_nii_gz(tmp, nifti):
+    data = nifti.read_bytes()
+    (tmp / "cut.nii.gz").write_bytes(data[: len(data) // 2])
+    line = one_line_error(run("convert", tmp / "cut.nii.gz", tmp / "out"))
+    assert "cut.nii.gz" in line and "truncated" in line
+    assert not (tmp / "out" / "info").exists()
+
+
+def test_corrupt_nii_gz(tmp, nifti):
+    data = bytearray(nifti.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 64] = bytes(64)
+    (tmp / "bad.nii.gz").write_bytes(bytes(data))
+    line = one_line_error(run("convert", tmp / "bad.nii.gz", tmp / "out"))
+    assert "bad.nii.gz" in line and ("corrupt" in line or "truncated" in line)
+
+
+def test_truncated_uncompressed_nii(tmp):
+    img = nib.Nifti1Image(smooth_volume((40, 40, 40), np.uint8), np.eye(4))
+    nib.save(img, str(tmp / "v.nii"))
+    data = (tmp / "v.nii").read_bytes()
+    (tmp / "v.nii").write_bytes(data[:-5000])
+    assert "truncated" in one_line_error(run("convert", tmp / "v.nii", tmp / "out"))
+
+
+def test_not_a_volume(tmp):
+    (tmp / "x.nii").write_text("hello")
+    assert "x.nii" in one_line_error(run("convert", tmp / "x.nii", tmp / "out"))
+    (tmp / "y.txt").write_text("hello")
+    assert "unknown volume format" in one_line_error(run("convert", tmp / "y.txt", tmp / "out"))
+
+
+def test_unsupported_dtype_for_encoding(tmp):
+    np.save(tmp / "f.npy", smooth_volume((20, 20, 20), np.float32))
+    line = one_line_error(run("convert", tmp / "f.npy", tmp / "out", "--encoding", "jpeg"))
+    assert "jpeg" in line and "float32" in line
+    assert not (tmp / "out" / "info").exists()
+    np.save(tmp / "l.npy", np.ones((20, 20, 20), np.uint32))
+    line = one_line_error(run("convert", tmp / "l.npy", tmp / "out2", "--type", "segmentation", "--encoding", "jpeg"))
+    assert "lossy" in line
+
+
+def test_five_d_data(tmp):
+    img = nib.Nifti1Image(np.zeros((5, 5, 5, 2, 3), np.uint8), np.eye(4))
+    nib.save(img, str(tmp / "v5.nii"))
+    assert "5-D" in one_line_error(run("convert", tmp / "v5.nii", tmp / "out"))
+
+
+def test_zero_size_axis(tmp):
+    np.save(tmp / "z.npy", np.zeros((10, 0, 10), np.uint8))
+    assert "zero-size" in one_line_error(run("convert", tmp / "z.npy", tmp / "out"))
+
+
+@pytest.mark.parametrize("text", ["4,4", "a,b,c", "4,4,4,4", "0,4,4", "-1,4,4"])
+def test_bad_resolution(tmp, nifti, text):
+    line = one_line_error(run("convert", nifti, tmp / "out", "--resolution", text))
+    assert "--resolution" in line or "voxel size" in line
+
+
+def test_destination_not_writable(tmp, nifti):
+    (tmp / "afile").write_text("x")
+    line = one_line_error(run("convert", nifti, tmp / "afile" / "out"))
+    assert "not writable" in line
+
+
+def test_time_series_refused(tmp):
+    img = nib.Nifti1Image(np.zeros((5, 5, 5, 40), np.int16), np.eye(4))
+    nib.save(img, str(tmp / "ts.nii"))
+    assert "time series" in one_line_error(run("convert", tmp / "ts.nii", tmp / "out"))
+
+
+def test_debug_shows_traceback(tmp):
+    p = run("--debug", "convert", tmp / "nope.nii", tmp / "out")
+    assert p.returncode != 0 and "Traceback" in p.stderr
