@@ -116,6 +116,19 @@ def _cmd_stats(a) -> int:
     return 0
 
 
+def _add_example(sub) -> None:
+    p = sub.add_parser("example", help="write a synthetic head phantom (image + labels) as NIfTI files")
+    p.add_argument("folder", help="folder to write phantom.nii.gz and phantom_labels.nii.gz into")
+
+
+def _cmd_example(a) -> int:
+    from .examples import write_example
+
+    for path in write_example(a.folder):
+        print(path)
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         print(f"{self.prog}: error: {message} (see '{self.prog} --help')", file=sys.stderr)
@@ -129,10 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_convert(sub)
     _add_stats(sub)
+    _add_example(sub)
     return p
 
 
-COMMANDS = {"convert": _cmd_convert, "stats": _cmd_stats}
+COMMANDS = {"convert": _cmd_convert, "stats": _cmd_stats, "example": _cmd_example}
 
 
 def main(argv=None) -> int:

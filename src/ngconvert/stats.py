@@ -8,6 +8,7 @@ import numpy as np
 from .errors import UserError
 from .geometry import Box
 from .pyramid import chunk_count
+from .spec import format_number
 from .store import Store
 
 
@@ -54,7 +55,7 @@ def format_rows(rows: list[dict]) -> str:
     table = [head]
     for r in rows:
         line = [r["key"], "x".join(map(str, r["size"])), ",".join(map(str, r["voxel_offset"])),
-                "x".join(f"{v:g}" for v in r["resolution"]), "x".join(map(str, r["chunk_size"])),
+                "x".join(format_number(v) for v in r["resolution"]), "x".join(map(str, r["chunk_size"])),
                 r["encoding"], str(r["chunks"]), _human(r["raw_bytes"])]
         if stored:
             ratio = r["stored_bytes"] / r["raw_bytes"] if r["raw_bytes"] else 0

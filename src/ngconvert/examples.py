@@ -1,0 +1,51 @@
+"""A built-in example: a synthetic head phantom and its label volume, as NIfTI files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+# label id -> (name, centre (fraction of the field), radii (fraction), intensity)
+STRUCTURES = {
+    1: ("skull", (0.5, 0.5, 0.5), (0.46, 0.40, 0.44), 60),
+    2: ("brain", (0.5, 0.5, 0.5), (0.42, 0.36, 0.40), 140),
+    3: ("left ventricle", (0.42, 0.52, 0.55), (0.05, 0.12, 0.08), 30),
+    4: ("right ventricle", (0.58, 0.52, 0.55), (0.05, 0.12, 0.08), 30),
+    5: ("left thalamus", (0.44, 0.48, 0.42), (0.06, 0.07, 0.06), 170),
+    6: ("right thalamus", (0.56, 0.48, 0.42), (0.06, 0.07, 0.06), 170),
+}
+
+
+def phantom(shape=(192, 224, 192), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A uint8 image with noise and the uint16 labels it was drawn from, indexed [x, y, z]."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*(np.linspace(0, 1, n, dtype=np.float32) for n in shape), indexing="ij", sparse=True)
+    labels = np.zeros(shape, dtype=np.uint16)
+    image = np.zeros(shape, dtype=np.float32)
+    for lab, (_name, c, r, value) in STRUCTURES.items():
+        inside = sum(((g - ci) / ri) ** 2 for g, ci, ri in zip(grids, c, r)) < 1
+        labels[inside] = lab
+        image[inside] = value
+    image += 12 * np.sin(grids[0] * 40) * np.cos(grids[1] * 30) * (labels == 2)   # "gyri"
+    image += rng.normal(0, 3, shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+def write_example(folder) -> tuple[Path, Path]:
+    """Write ``phantom.nii.gz`` (1 mm, RAS, centred) and ``phantom_labels.nii.gz``."""
+    import nibabel as nib
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    image, labels = phantom()
+    affine = np.eye(4)
+    affine[:3, 3] = [-(n - 1) / 2 for n in image.shape]
+    paths = []
+    for name, data in (("phantom.nii.gz", image), ("phantom_labels.nii.gz", labels)):
+        img = nib.Nifti1Image(data, affine)
+        img.header.set_xyzt_units("mm")
+        if "labels" in name:
+            img.header.set_intent("label")
+        nib.save(img, str(folder / name))
+        paths.append(folder / name)
+    return paths[0], paths[1]
