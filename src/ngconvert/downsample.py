@@ -4,7 +4,7 @@ Arrays are ``[x, y, z, c]`` and cover a :class:`~ngconvert.geometry.Box` of abso
 voxel coordinates.  A coarse voxel ``i`` pools the fine voxels ``[f*i, f*i + f)``; blocks
 cut by the region's edges are pooled over the voxels that exist.
 
-``average`` works on running *sums* (float64) instead of rounded means, so every level
+``average`` works on running *sums* (exact integers or float64) instead of rounded means, so every level
 is the exact mean of the full-resolution voxels under it, rounded once: no drift from
 level to level, and partial blocks at the volume's edges are weighted by how many
 voxels they really hold.  ``mode`` (labels) uses tinybrain's counting kernels for 2x2x2
@@ -42,13 +42,46 @@ def _blocks(data: np.ndarray, factor: Vec) -> np.ndarray:
     return data.reshape((fx, nx, fy, ny, fz, nz, c), order="F")
 
 
+def _accumulator(dtype: np.dtype, block: int) -> np.dtype:
+    """The narrowest type that holds the sum of ``block`` values of ``dtype`` exactly."""
+    if dtype.kind in "iu" and dtype.itemsize <= 4:
+        info = np.iinfo(dtype)
+        need_lo, need_hi = min(0, info.min) * block, info.max * block
+        for cand in (np.uint16, np.uint32, np.int16, np.int32, np.int64):
+            ci = np.iinfo(cand)
+            if ci.min <= need_lo and need_hi <= ci.max and np.dtype(cand).itemsize >= dtype.itemsize:
+                return np.dtype(cand)
+    if dtype == np.int64:
+        # int64 arrays here are sums of <=32-bit values made by an earlier level; they stay
+        # exact until one coarse voxel pools 2^31 full-resolution voxels
+        return np.dtype(np.int64)
+    return np.dtype(np.float64)
+
+
 def pool_sum(data: np.ndarray, box: Box, factor: Vec) -> tuple[np.ndarray, Box]:
-    """Sum of each block, as float64 (``data`` may be values or sums)."""
+    """Exact sum of each block (``data`` may be values or sums of an earlier level).
+
+    The sum is built from strided adds, z first, in the narrowest exact accumulator
+    (uint16 for uint8 data), which is many times faster than a reshape-and-reduce.
+    """
     out_box = box.downsample(factor)
-    if factor == (1, 1, 1):
-        return np.asfortranarray(data, dtype=np.float64), out_box
-    blocks = _blocks(_padded(data, box, factor, "constant"), factor)
-    return np.asfortranarray(blocks.sum(axis=(0, 2, 4), dtype=np.float64)), out_box
+    data = _padded(data, box, factor, "constant")
+    acc = _accumulator(data.dtype, factor[0] * factor[1] * factor[2])
+    out = data
+    for axis in (2, 1, 0):
+        f = factor[axis]
+        if f == 1:
+            continue
+        index = [slice(None)] * 4
+        index[axis] = slice(0, None, f)
+        total = out[tuple(index)].astype(acc)
+        for r in range(1, f):
+            index[axis] = slice(r, None, f)
+            total += out[tuple(index)]
+        out = total
+    if out is data:
+        out = data.astype(acc)
+    return np.asfortranarray(out), out_box
 
 
 def _mode_generic(data: np.ndarray, factor: Vec) -> np.ndarray:
@@ -100,10 +133,12 @@ def axis_counts(box: Box, base: Box, cumulative: Vec) -> list[np.ndarray]:
 def mean_from_sums(sums: np.ndarray, box: Box, base: Box, cumulative: Vec, dtype: np.dtype) -> np.ndarray:
     """Exact block means of the full-resolution data, rounded once to ``dtype``."""
     cx, cy, cz = axis_counts(box, base, cumulative)
-    n = cx[:, None, None, None] * cy[None, :, None, None] * cz[None, None, :, None]
-    mean = sums / n
+    mean = sums.astype(np.float64, order="F")
+    if all(c.size and (c == c[0]).all() for c in (cx, cy, cz)):
+        mean /= cx[0] * cy[0] * cz[0]          # interior: one count for every voxel
+    else:                                      # edge: counts are exact small integers
+        mean /= cx[:, None, None, None] * cy[None, :, None, None] * cz[None, None, :, None]
     dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        return np.asfortranarray(mean.astype(dtype))
-    info = np.iinfo(dtype)
-    return np.asfortranarray(np.clip(np.rint(mean), info.min, info.max).astype(dtype))
+    if dtype.kind != "f":
+        np.rint(mean, out=mean)
+    return np.asfortranarray(mean.astype(dtype))
