@@ -147,6 +147,8 @@ def resolve_layer(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> Lay
     data_type = _resolve_dtype(info, src, opts, origin, say)
 
     layer_type = opts.layer_type
+    if layer_type == "auto" and opts.encoding in ("jpeg", "png"):
+        layer_type = "image"          # asking for an image codec says what the data is
     if layer_type == "auto":
         layer_type, why = guess_layer_type(src, np.dtype(data_type))
         say(f"--type auto chose {layer_type} ({why}); pass --type to override")
