@@ -194,3 +194,34 @@ def test_time_series_refused(tmp):
 def test_debug_shows_traceback(tmp):
     p = run("--debug", "convert", tmp / "nope.nii", tmp / "out")
     assert p.returncode != 0 and "Traceback" in p.stderr
+
+
+def _stderr_on_terminal(args):
+    """Run the CLI with stderr on a pseudo-terminal; return what it showed there."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "ngconvert", *map(str, args)], stderr=slave,
+                            stdout=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait()
+    os.close(master)
+    return proc.returncode, b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_only(tmp, nifti):
+    rc, shown = _stderr_on_terminal(["convert", nifti, tmp / "a", "--workers", "1"])
+    assert rc == 0 and "converting" in shown and "task" in shown
+    rc, shown = _stderr_on_terminal(["convert", nifti, tmp / "b", "--quiet"])
+    assert rc == 0 and shown == ""
+    p = run("convert", nifti, tmp / "c", check=0)           # stderr is a pipe: notes, no bar
+    assert "converting" not in p.stderr

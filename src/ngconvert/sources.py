@@ -85,31 +85,48 @@ def _permutation(axes: str, ndim: int) -> tuple[int, ...]:
     return tuple(axes.index(a) for a in order)
 
 
-class ArraySource(VolumeSource):
-    """A numpy array (in memory or memory-mapped) in any axis order."""
+def _xyzc_view(array: np.ndarray, axes: str, origin: str) -> np.ndarray:
+    """A view of ``array`` indexed ``[x, y, z, c]``."""
+    if array.ndim < 2 or array.ndim > 4:
+        raise UserError(f"{origin}: {array.ndim}-D data is not supported; give a 3-D volume "
+                        "(or 4-D with a channel axis)")
+    if array.ndim == 2:
+        array = array[:, :, None] if axes in ("xyz", "xy") else array[None, :, :]
+        axes = "xyz" if axes in ("xyz", "xy") else axes
+    if axes == "xyz" and array.ndim == 4:
+        axes = "xyzc"
+    view = np.transpose(array, _permutation(axes, array.ndim))
+    if view.ndim == 3:
+        view = view[..., None]
+    if view.dtype.names is not None:
+        raise UserError(f"{origin}: structured dtype {view.dtype} is not supported; give plain numbers")
+    return view
 
-    def __init__(self, array: np.ndarray, axes: str = "xyz", origin: str = "array"):
-        if array.ndim < 2 or array.ndim > 4:
-            raise UserError(f"{origin}: {array.ndim}-D data is not supported; give a 3-D volume "
-                            "(or 4-D with a channel axis)")
-        if array.ndim == 2:
-            array = array[:, :, None] if axes in ("xyz", "xy") else array[None, :, :]
-            axes = "xyz" if axes in ("xyz", "xy") else axes
-        if axes == "xyz" and array.ndim == 4:
-            axes = "xyzc"
-        view = np.transpose(array, _permutation(axes, array.ndim))
-        if view.ndim == 3:
-            view = view[..., None]
-        if view.dtype.names is not None:
-            raise UserError(f"{origin}: structured dtype {view.dtype} is not supported; give plain numbers")
-        self.array = view
+
+class ArraySource(VolumeSource):
+    """A numpy array in any axis order, in memory or memory-mapped.
+
+    A memory-mapped source is given as ``reopen``, a function that maps it again: every
+    read maps, copies its region and unmaps, so pages read long ago do not stay in the
+    worker's resident memory.
+    """
+
+    def __init__(self, array: np.ndarray, axes: str = "xyz", origin: str = "array", reopen=None):
+        self.axes, self.origin, self.reopen = axes, origin, reopen
+        view = _xyzc_view(array, axes, origin)
+        self.array = None if reopen else view
         shape = tuple(int(n) for n in view.shape[:3])
         self.info = SourceInfo(shape=shape, channels=int(view.shape[3]), dtype=view.dtype)
         _check_shape(origin, shape, self.info.channels)
 
     def read(self, box: Box) -> np.ndarray:
         sx, sy, sz = box.slices((0, 0, 0))
-        return np.asfortranarray(self.array[sx, sy, sz, :])
+        if self.array is not None:
+            return np.asfortranarray(self.array[sx, sy, sz, :])
+        view = _xyzc_view(self.reopen(), self.axes, self.origin)
+        out = np.asfortranarray(view[sx, sy, sz, :])
+        del view
+        return out
 
 
 def _check_shape(origin: str, shape, channels: int) -> None:
@@ -199,23 +216,11 @@ class NibabelSource(VolumeSource):
             if channels != 1:
                 raise UserError(f"{origin}: 4-D RGB data (shape {shape}) is not supported; give one RGB volume")
             channels = geo[3]
-        try:
-            mm = np.memmap(path, dtype=raw_dtype, mode="r", offset=int(proxy.offset),
-                           shape=tuple(shape), order=getattr(proxy, "order", "F"))
-        except (ValueError, OSError) as e:
-            raise UserError(f"{origin}: the file is shorter than its header says ({_one_line(e)}); "
-                            "it is truncated, copy or download it again") from None
-        arr = mm
-        if raw_dtype.names is not None:
-            # view each record's fields as a trailing channel axis (no copy)
-            arr = np.ndarray(shape=tuple(geo[:3]) + (channels,), dtype=base, buffer=mm,
-                             strides=(raw_dtype.itemsize, raw_dtype.itemsize * geo[0],
-                                      raw_dtype.itemsize * geo[0] * geo[1], base.itemsize))
-        else:
-            arr = mm.reshape(tuple(geo[:3]) + (channels,), order="F")
+        self._layout = (raw_dtype, int(proxy.offset), tuple(shape), getattr(proxy, "order", "F"),
+                        tuple(geo[:3]), channels, base)
+        self._map()          # fails now, not in a worker, when the file is too short
         slope, inter = _scaling(proxy)
         self.slope, self.inter = slope, inter
-        self.array = arr
         hdr = img.header
         # headers hold float32: take the shortest decimal that round-trips (0.8, not 0.800000011920929)
         zooms = [float(str(np.float32(z))) for z in hdr.get_zooms()[:3]]
@@ -245,12 +250,30 @@ class NibabelSource(VolumeSource):
             label_hint=label_hint, scaled=scaled, notes=notes)
         _check_shape(origin, self.info.shape, channels)
 
+    def _map(self) -> np.ndarray:
+        """A fresh memory map of the voxels as ``[x, y, z, c]`` (dropped after each read)."""
+        raw_dtype, offset, shape, order, geo, channels, base = self._layout
+        try:
+            mm = np.memmap(self.path, dtype=raw_dtype, mode="r", offset=offset, shape=shape, order=order)
+        except (ValueError, OSError) as e:
+            raise UserError(f"{self.origin}: the file is shorter than its header says ({_one_line(e)}); "
+                            "it is truncated, copy or download it again") from None
+        if raw_dtype.names is not None:
+            # view each record's fields as a trailing channel axis (no copy)
+            return np.ndarray(shape=geo + (channels,), dtype=base, buffer=mm,
+                              strides=(raw_dtype.itemsize, raw_dtype.itemsize * geo[0],
+                                       raw_dtype.itemsize * geo[0] * geo[1], base.itemsize))
+        return mm.reshape(geo + (channels,), order="F")
+
     def read(self, box: Box) -> np.ndarray:
         sx, sy, sz = box.slices((0, 0, 0))
+        arr = self._map()
         try:
-            data = np.asfortranarray(self.array[sx, sy, sz, :])
+            data = np.asfortranarray(arr[sx, sy, sz, :])
         except OSError as e:
             raise UserError(f"{self.origin}: read failed ({e.strerror or e})") from None
+        finally:
+            del arr
         if not data.dtype.isnative:
             data = data.astype(data.dtype.newbyteorder("="))
         if (self.slope, self.inter) != (1.0, 0.0):
@@ -320,12 +343,14 @@ def open_source(ref: SourceRef) -> VolumeSource:
             raise RuntimeError("in-memory array is not available in this process")
         src = ArraySource(_ARRAYS[ref.array_id], ref.axes, origin="array")
     elif ref.kind == "npy":
-        try:
-            arr = np.load(ref.path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise UserError(f"{ref.origin}: not a readable .npy file ({_one_line(e)}); "
-                            "check that it is complete and was saved with numpy.save") from None
-        src = ArraySource(arr, ref.axes, origin=ref.origin)
+        def reopen(path=ref.path, origin=ref.origin):
+            try:
+                return np.load(path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError) as e:
+                raise UserError(f"{origin}: not a readable .npy file ({_one_line(e)}); "
+                                "check that it is complete and was saved with numpy.save") from None
+
+        src = ArraySource(reopen(), ref.axes, origin=ref.origin, reopen=reopen)
     elif ref.kind == "nibabel":
         src = NibabelSource(ref.path, ref.origin)
     else:
