@@ -1,6 +1,7 @@
 """A progress bar on stderr, shown only on a terminal and never with ``quiet``."""
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -11,7 +12,13 @@ class Progress:
             from tqdm import tqdm
 
             tqdm.monitor_interval = 0
-            self.bar = tqdm(total=total, desc=desc, unit="task", file=sys.stderr, dynamic_ncols=True)
+            try:
+                size = os.get_terminal_size(sys.stderr.fileno())
+            except OSError:
+                size = os.terminal_size((0, 0))
+            # terminals that report no size (0x0) would otherwise get an invisible bar
+            self.bar = tqdm(total=total, desc=desc, unit="task", file=sys.stderr,
+                            ncols=size.columns or 80, nrows=size.lines or 24)
         self.bytes = 0
 
     def update(self, n: int = 1, nbytes: int = 0) -> None:
