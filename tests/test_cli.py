@@ -73,6 +73,7 @@ def test_existing_destination_is_refused_without_overwrite(tmp, nifti):
     (tmp / "keep").mkdir()
     (tmp / "keep" / "notes.txt").write_text("mine")
     assert "--overwrite" in one_line_error(run("convert", nifti, tmp / "keep"))
+    assert "no precomputed dataset" in one_line_error(run("convert", nifti, tmp / "keep", "--overwrite"))
     assert (tmp / "keep" / "notes.txt").read_text() == "mine"
     run("convert", nifti, tmp / "out", "--overwrite", "--quiet", "--encoding", "png", check=0)
     assert (tmp / "out" / "info").read_bytes() != before

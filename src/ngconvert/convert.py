@@ -281,6 +281,9 @@ def convert(source, dest, options: ConvertOptions | None = None, dry_run: bool =
                 if not opts.overwrite:
                     raise UserError(f"destination {store.url} exists and is not empty; pass --overwrite to "
                                     "replace it (or --resume to finish an interrupted run)")
+                if not (store.exists("info") or store.exists(PLAN_KEY)):
+                    raise UserError(f"destination {store.url} is not empty and holds no precomputed dataset; "
+                                    "--overwrite only replaces datasets, choose a new or empty folder")
                 store.clear()
         prepared = prepare(ref)
         try:
