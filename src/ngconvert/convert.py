@@ -1,6 +1,8 @@
 """The conversion API: a source and options in, a multiscale precomputed layer out."""
 from __future__ import annotations
 
+import json
+import multiprocessing as mp
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -12,14 +14,14 @@ from .downsample import METHODS
 from .errors import UserError
 from .executors import ThreadExecutor, context, make_executor
 from .geometry import Box, Vec
-from .plan import PLAN_KEY, SCRATCH, Plan, done_key, plan_stages
+from .plan import DEFAULT_TASK_BYTES, PLAN_KEY, SCRATCH, Plan, done_key, plan_stages
 from .progress import Progress
 from .pyramid import choose_chunk_size, plan_factors
 from .sources import UNIT_TO_NM, SourceInfo, SourceRef, open_source, prepare, ref_for, release
 from .spec import DATA_TYPES, LAYER_TYPES, LayerSpec, dumps
 from .store import MemoryStore, Store, open_store
 from .survey import guess_layer_type, value_range
-from .tasks import TaskResult, run_task
+from .tasks import run_task
 
 
 @dataclass
@@ -244,16 +246,83 @@ def _run(task):
 
 def _executor_for(plan: Plan, store: Store, workers: int | None):
     ex = make_executor(workers)
-    import multiprocessing as mp
-
     if ex.workers > 1 and (isinstance(store, MemoryStore) or
                            (plan.source.kind == "array" and "fork" not in mp.get_all_start_methods())):
-        return ThreadExecutor(ex.workers)
+        return ThreadExecutor(ex.workers)   # the data cannot be reached from another process
     return ex
 
 
+def _resume_plan(store: Store, ref: SourceRef) -> Plan:
+    """The plan an interrupted run left in ``store``, pointed at a readable source."""
+    blob = store.get(PLAN_KEY)
+    if blob is None:
+        if store.exists("info"):
+            raise UserError(f"{store.url} is already complete; nothing to resume")
+        raise UserError(f"{store.url} has no interrupted conversion to resume; run without --resume")
+    plan = Plan.from_json(json.loads(blob))
+    if plan.source.origin != ref.origin and ref.kind != "array":
+        raise UserError(f"{store.url} was started from {plan.source.origin}, not {ref.origin}; "
+                        "resume with the same source")
+    plan.source = prepare(replace(ref, axes=plan.source.axes))
+    return plan
+
+
+def _claim_destination(store: Store, opts: ConvertOptions) -> None:
+    """Refuse to write over anything unless told to, and then only over a dataset."""
+    store.check_writable()
+    if store.is_empty():
+        return
+    if not opts.overwrite:
+        raise UserError(f"destination {store.url} exists and is not empty; pass --overwrite to "
+                        "replace it (or --resume to finish an interrupted run)")
+    if not (store.exists("info") or store.exists(PLAN_KEY)):
+        raise UserError(f"destination {store.url} is not empty and holds no precomputed dataset; "
+                        "--overwrite only replaces datasets, choose a new or empty folder")
+    store.clear()
+
+
+def _new_plan(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> Plan:
+    prepared = prepare(ref)
+    try:
+        layer = resolve_layer(prepared, opts, notes)
+        src_dtype = open_source(prepared).info.dtype.name
+    except BaseException:
+        release(prepared)
+        raise
+    workers = opts.workers or make_executor(None).workers
+    stages = plan_stages(layer, workers, opts.task_bytes or DEFAULT_TASK_BYTES)
+    return Plan(layer, prepared, src_dtype, stages)
+
+
+def _execute(plan: Plan, store: Store, opts: ConvertOptions, result: "ConvertResult") -> None:
+    """Run every unfinished task, stage by stage, then write the sidecar and ``info`` last."""
+    executor = _executor_for(plan, store, opts.workers)
+    ctx = {"store": store, "plan": plan}
+    total = sum(plan.task_count(s) for s in plan.stages)
+    with Progress(total, "converting", quiet=opts.quiet) as bar:
+        for stage in plan.stages:
+            todo = []
+            for task in plan.tasks(stage):
+                if opts.resume and store.exists(done_key(task)):
+                    bar.update(1)
+                else:
+                    todo.append(task)
+            for _task, res in executor.run(_run, todo, ctx):
+                result.tasks_run += 1
+                result.chunks += res.chunks
+                result.bytes_written += res.bytes_written
+                bar.update(1, res.bytes_written)
+    if plan.layer.transform is not None:
+        store.put("transform.json", dumps(plan.layer.transform), content_type="application/json")
+    store.put("info", dumps(plan.layer.info()), content_type="application/json")
+    store.delete_prefix(SCRATCH + "/")
+
+
 def convert(source, dest, options: ConvertOptions | None = None, dry_run: bool = False) -> ConvertResult:
-    """Convert ``source`` (a path or numpy array) into a precomputed layer at ``dest``."""
+    """Convert ``source`` (a path or numpy array) into a precomputed layer at ``dest``.
+
+    With ``dry_run`` the layer and plan are worked out and returned; nothing is written.
+    """
     opts = options or ConvertOptions()
     t0 = time.perf_counter()
     store = open_store(dest)
@@ -261,71 +330,23 @@ def convert(source, dest, options: ConvertOptions | None = None, dry_run: bool =
     ref = ref_for(source, opts.axes)
 
     if opts.resume and not dry_run:
-        blob = store.get(PLAN_KEY)
-        if blob is None:
-            if store.exists("info"):
-                raise UserError(f"{store.url} is already complete; nothing to resume")
-            raise UserError(f"{store.url} has no interrupted conversion to resume; run without --resume")
-        import json
-
-        plan = Plan.from_json(json.loads(blob))
-        if plan.source.origin != ref.origin and ref.kind != "array":
-            raise UserError(f"{store.url} was started from {plan.source.origin}, not {ref.origin}; "
-                            "resume with the same source")
-        prepared = prepare(replace(ref, axes=plan.source.axes))
-        plan.source = prepared
+        plan = _resume_plan(store, ref)
     else:
         if not dry_run:
-            store.check_writable()
-            if not store.is_empty():
-                if not opts.overwrite:
-                    raise UserError(f"destination {store.url} exists and is not empty; pass --overwrite to "
-                                    "replace it (or --resume to finish an interrupted run)")
-                if not (store.exists("info") or store.exists(PLAN_KEY)):
-                    raise UserError(f"destination {store.url} is not empty and holds no precomputed dataset; "
-                                    "--overwrite only replaces datasets, choose a new or empty folder")
-                store.clear()
-        prepared = prepare(ref)
-        try:
-            layer = resolve_layer(prepared, opts, notes)
-            src_dtype = open_source(prepared).info.dtype.name
-        except BaseException:
-            release(prepared)
-            raise
+            _claim_destination(store, opts)
+        plan = _new_plan(ref, opts, notes)
         if not opts.quiet:
             for note in notes:
                 print(f"ngconvert: {note}", file=sys.stderr)
-        workers = opts.workers or make_executor(None).workers
-        plan = Plan(layer, prepared, src_dtype, plan_stages(layer, workers, opts.task_bytes or (64 << 20)))
         if dry_run:
-            release(prepared)
-            return ConvertResult(store.url, layer, plan, notes=notes)
-        saved = replace(plan, source=ref if ref.kind != "nibabel" else replace(prepared, path=ref.path))
-        store.put(PLAN_KEY, dumps(saved.to_json()), content_type="application/json")
+            release(plan.source)
+            return ConvertResult(store.url, plan.layer, plan, notes=notes)
+        # the saved plan names the user's file, not the temporary uncompressed copy
+        store.put(PLAN_KEY, dumps(replace(plan, source=ref).to_json()), content_type="application/json")
 
     result = ConvertResult(store.url, plan.layer, plan, notes=notes)
-    executor = _executor_for(plan, store, opts.workers)
-    ctx = {"store": store, "plan": plan}
-    total = sum(plan.task_count(s) for s in plan.stages)
     try:
-        with Progress(total, "converting", quiet=opts.quiet) as bar:
-            for stage in plan.stages:
-                todo = []
-                for task in plan.tasks(stage):
-                    if opts.resume and store.exists(done_key(task)):
-                        bar.update(1)
-                    else:
-                        todo.append(task)
-                for _task, res in executor.run(_run, todo, ctx):
-                    res: TaskResult
-                    result.tasks_run += 1
-                    result.chunks += res.chunks
-                    result.bytes_written += res.bytes_written
-                    bar.update(1, res.bytes_written)
-        if plan.layer.transform is not None:
-            store.put("transform.json", dumps(plan.layer.transform), content_type="application/json")
-        store.put("info", dumps(plan.layer.info()), content_type="application/json")
-        store.delete_prefix(SCRATCH + "/")
+        _execute(plan, store, opts, result)
     finally:
         release(plan.source)
     result.seconds = time.perf_counter() - t0
