@@ -226,3 +226,11 @@ def test_progress_bar_on_a_terminal_only(tmp, nifti):
     assert rc == 0 and shown == ""
     p = run("convert", nifti, tmp / "c", check=0)           # stderr is a pipe: notes, no bar
     assert "converting" not in p.stderr
+
+
+def test_truncated_npy(tmp):
+    np.save(tmp / "v.npy", np.zeros((40, 40, 40), np.uint16))
+    data = (tmp / "v.npy").read_bytes()
+    (tmp / "v.npy").write_bytes(data[:-1000])
+    line = one_line_error(run("convert", tmp / "v.npy", tmp / "out"))
+    assert "v.npy" in line and "truncated" in line

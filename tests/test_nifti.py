@@ -146,3 +146,23 @@ def test_gz_staging_copy_is_removed(tmp, monkeypatch):
     src = _nifti(tmp / "v.nii.gz", smooth_volume((20, 20, 20), np.uint8))
     ngconvert.convert(src, tmp / "out", ngconvert.ConvertOptions(quiet=True))
     assert os.listdir(tmp / "t") == []
+
+
+@pytest.mark.parametrize("fortran", [False, True])
+@pytest.mark.parametrize("axes,channels", [("xyz", None), ("zyx", None), ("xyzc", 3), ("czyx", 2)])
+def test_npy_orders_and_channels(tmp, fortran, axes, channels):
+    a = smooth_volume((31, 22, 13), np.uint8, channels=channels)          # [x, y, z(, c)]
+    order = {"xyz": (0, 1, 2), "zyx": (2, 1, 0), "xyzc": (0, 1, 2, 3), "czyx": (3, 2, 1, 0)}[axes]
+    stored = np.transpose(a, order)
+    np.save(tmp / "v.npy", np.asfortranarray(stored) if fortran else np.ascontiguousarray(stored))
+    ngconvert.convert(tmp / "v.npy", tmp / "out", ngconvert.ConvertOptions(
+        axes=axes, layer_type="image", compress="none", quiet=True))
+    np.testing.assert_array_equal(read_tensorstore(tmp / "out", 0), a if a.ndim == 4 else a[..., None])
+
+
+def test_big_endian_npy(tmp):
+    a = smooth_volume((20, 10, 6), np.uint16)
+    np.save(tmp / "be.npy", a.astype(">u2"))
+    ngconvert.convert(tmp / "be.npy", tmp / "out", ngconvert.ConvertOptions(layer_type="image",
+                                                                            compress="none", quiet=True))
+    np.testing.assert_array_equal(read_tensorstore(tmp / "out", 0)[..., 0], a)

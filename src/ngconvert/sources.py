@@ -6,6 +6,7 @@ caches it per process.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -85,6 +86,48 @@ def _permutation(axes: str, ndim: int) -> tuple[int, ...]:
     return tuple(axes.index(a) for a in order)
 
 
+def read_file_region(path: str, offset: int, dtype: np.dtype, shape: tuple[int, ...], order: str,
+                     region: tuple[slice, ...]) -> np.ndarray:
+    """Read ``region`` of an uncompressed array stored in a file, with positioned reads.
+
+    Nothing is memory-mapped, so the pages read do not stay attached to the process.
+    For each index of the slower axes one read fetches whole rows of the two fastest
+    axes; the result has the file's axis order.
+    """
+    dtype = np.dtype(dtype)
+    fast = list(range(len(shape))) if order == "F" else list(range(len(shape)))[::-1]
+    dims = [shape[a] for a in fast]
+    sl = [region[a].indices(shape[a])[:2] for a in fast]
+    out_fast = np.empty([b - a for a, b in sl], dtype=dtype, order="F")
+    if out_fast.size == 0:
+        return _to_file_order(out_fast, fast)
+    d0 = dims[0]
+    rows = (sl[1][0], sl[1][1]) if len(dims) > 1 else (0, 1)
+    plane = d0 * (dims[1] if len(dims) > 1 else 1)
+    buf = np.empty((rows[1] - rows[0]) * d0, dtype=dtype)
+    with open(path, "rb", buffering=0) as f:
+        fd = f.fileno()
+        outer = [range(a, b) for a, b in sl[2:]]
+        for idx in itertools.product(*outer):
+            lin, stride = 0, 1
+            for k, i in enumerate(idx):
+                stride = plane * int(np.prod(dims[2:2 + k], dtype=np.int64))
+                lin += i * stride
+            start = offset + (lin + rows[0] * d0) * dtype.itemsize
+            view = memoryview(buf).cast("B")
+            got = os.preadv(fd, [view], start)
+            if got != view.nbytes:
+                raise OSError(f"short read at byte {start}")
+            block = buf.reshape(rows[1] - rows[0], d0)[:, sl[0][0]:sl[0][1]].T
+            target = (slice(None), slice(None)) + tuple(i - a for i, (a, _b) in zip(idx, sl[2:]))
+            out_fast[target[:len(dims)]] = block if len(dims) > 1 else block[:, 0]
+    return _to_file_order(out_fast, fast)
+
+
+def _to_file_order(arr: np.ndarray, fast: list[int]) -> np.ndarray:
+    return np.transpose(arr, np.argsort(fast))
+
+
 def _xyzc_view(array: np.ndarray, axes: str, origin: str) -> np.ndarray:
     """A view of ``array`` indexed ``[x, y, z, c]``."""
     if array.ndim < 2 or array.ndim > 4:
@@ -104,29 +147,63 @@ def _xyzc_view(array: np.ndarray, axes: str, origin: str) -> np.ndarray:
 
 
 class ArraySource(VolumeSource):
-    """A numpy array in any axis order, in memory or memory-mapped.
+    """A numpy array (in memory) in any axis order."""
 
-    A memory-mapped source is given as ``reopen``, a function that maps it again: every
-    read maps, copies its region and unmaps, so pages read long ago do not stay in the
-    worker's resident memory.
-    """
-
-    def __init__(self, array: np.ndarray, axes: str = "xyz", origin: str = "array", reopen=None):
-        self.axes, self.origin, self.reopen = axes, origin, reopen
+    def __init__(self, array: np.ndarray, axes: str = "xyz", origin: str = "array"):
         view = _xyzc_view(array, axes, origin)
-        self.array = None if reopen else view
+        self.array = view
         shape = tuple(int(n) for n in view.shape[:3])
         self.info = SourceInfo(shape=shape, channels=int(view.shape[3]), dtype=view.dtype)
         _check_shape(origin, shape, self.info.channels)
 
     def read(self, box: Box) -> np.ndarray:
         sx, sy, sz = box.slices((0, 0, 0))
-        if self.array is not None:
-            return np.asfortranarray(self.array[sx, sy, sz, :])
-        view = _xyzc_view(self.reopen(), self.axes, self.origin)
-        out = np.asfortranarray(view[sx, sy, sz, :])
-        del view
-        return out
+        return np.asfortranarray(self.array[sx, sy, sz, :])
+
+
+class NpySource(VolumeSource):
+    """A ``.npy`` file, C or Fortran order, any axis order; regions are read from disk."""
+
+    def __init__(self, path: str, axes: str, origin: str):
+        self.path, self.axes, self.origin = path, axes, origin
+        try:   # the header only: the map is dropped straight away
+            mm = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as e:
+            text = _one_line(e)
+            hint = ("it is truncated, save or copy it again" if "larger than" in text or "mmap length" in text
+                    else "check that it is complete and was saved with numpy.save")
+            raise UserError(f"{origin}: not a readable .npy file ({text}); {hint}") from None
+        self.shape, self.dtype, self.offset = tuple(mm.shape), mm.dtype, int(mm.offset)
+        self.order = "F" if mm.flags.f_contiguous and not mm.flags.c_contiguous else "C"
+        del mm
+        if len(self.shape) == 2:                  # one slice: small, read whole
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            self._whole = ArraySource(np.array(arr), axes, origin)
+            self.info = self._whole.info
+            return
+        self._whole = None
+        probe = _xyzc_view(np.empty((0,) * len(self.shape), dtype=self.dtype), axes, origin)
+        self.perm = _permutation(axes if not (axes == "xyz" and len(self.shape) == 4) else "xyzc",
+                                 len(self.shape))
+        xyzc = [self.shape[a] for a in self.perm] + ([1] if len(self.shape) == 3 else [])
+        self.info = SourceInfo(shape=tuple(int(n) for n in xyzc[:3]), channels=int(xyzc[3]),
+                               dtype=probe.dtype.newbyteorder("="))
+        _check_shape(origin, self.info.shape, self.info.channels)
+
+    def read(self, box: Box) -> np.ndarray:
+        if self._whole is not None:
+            return self._whole.read(box)
+        wanted = list(box.slices((0, 0, 0))) + [slice(None)]
+        region = [slice(None)] * len(self.shape)
+        for out_axis, src_axis in enumerate(self.perm):
+            region[src_axis] = wanted[out_axis]
+        data = read_file_region(self.path, self.offset, self.dtype, self.shape, self.order, tuple(region))
+        data = np.transpose(data, self.perm)
+        if data.ndim == 3:
+            data = data[..., None]
+        if not data.dtype.isnative:
+            data = data.astype(data.dtype.newbyteorder("="))
+        return np.asfortranarray(data)
 
 
 def _check_shape(origin: str, shape, channels: int) -> None:
@@ -218,7 +295,10 @@ class NibabelSource(VolumeSource):
             channels = geo[3]
         self._layout = (raw_dtype, int(proxy.offset), tuple(shape), getattr(proxy, "order", "F"),
                         tuple(geo[:3]), channels, base)
-        self._map()          # fails now, not in a worker, when the file is too short
+        expected = int(proxy.offset) + int(np.prod(shape, dtype=np.int64)) * raw_dtype.itemsize
+        if os.path.getsize(path) < expected:
+            raise UserError(f"{origin}: the file is shorter than its header says; it is truncated, "
+                            "copy or download it again")
         slope, inter = _scaling(proxy)
         self.slope, self.inter = slope, inter
         hdr = img.header
@@ -250,30 +330,26 @@ class NibabelSource(VolumeSource):
             label_hint=label_hint, scaled=scaled, notes=notes)
         _check_shape(origin, self.info.shape, channels)
 
-    def _map(self) -> np.ndarray:
-        """A fresh memory map of the voxels as ``[x, y, z, c]`` (dropped after each read)."""
+    def _region(self, box: Box) -> tuple[slice, ...]:
+        """The box as slices of the stored array (its trailing axes are channels)."""
         raw_dtype, offset, shape, order, geo, channels, base = self._layout
-        try:
-            mm = np.memmap(self.path, dtype=raw_dtype, mode="r", offset=offset, shape=shape, order=order)
-        except (ValueError, OSError) as e:
-            raise UserError(f"{self.origin}: the file is shorter than its header says ({_one_line(e)}); "
-                            "it is truncated, copy or download it again") from None
-        if raw_dtype.names is not None:
-            # view each record's fields as a trailing channel axis (no copy)
-            return np.ndarray(shape=geo + (channels,), dtype=base, buffer=mm,
-                              strides=(raw_dtype.itemsize, raw_dtype.itemsize * geo[0],
-                                       raw_dtype.itemsize * geo[0] * geo[1], base.itemsize))
-        return mm.reshape(geo + (channels,), order="F")
+        region = list(box.slices((0, 0, 0)))[:len(shape)]
+        while len(region) < len(shape):
+            region.append(slice(None))
+        return tuple(region)
 
     def read(self, box: Box) -> np.ndarray:
-        sx, sy, sz = box.slices((0, 0, 0))
-        arr = self._map()
+        raw_dtype, offset, shape, order, geo, channels, base = self._layout
         try:
-            data = np.asfortranarray(arr[sx, sy, sz, :])
+            data = read_file_region(self.path, offset, raw_dtype, shape, order, self._region(box))
         except OSError as e:
-            raise UserError(f"{self.origin}: read failed ({e.strerror or e})") from None
-        finally:
-            del arr
+            raise UserError(f"{self.origin}: read failed ({e.strerror or e}); the file may be truncated") from None
+        bx, by, bz = box.shape
+        if raw_dtype.names is not None:            # RGB24/RGBA32 records -> channel axis
+            data = np.ascontiguousarray(data.reshape(bx, by, bz)).view(base).reshape(bx, by, bz, channels)
+        else:
+            data = data.reshape(bx, by, bz, channels, order="F") if data.ndim != 4 else data
+        data = np.asfortranarray(data)
         if not data.dtype.isnative:
             data = data.astype(data.dtype.newbyteorder("="))
         if (self.slope, self.inter) != (1.0, 0.0):
@@ -343,14 +419,7 @@ def open_source(ref: SourceRef) -> VolumeSource:
             raise RuntimeError("in-memory array is not available in this process")
         src = ArraySource(_ARRAYS[ref.array_id], ref.axes, origin="array")
     elif ref.kind == "npy":
-        def reopen(path=ref.path, origin=ref.origin):
-            try:
-                return np.load(path, mmap_mode="r", allow_pickle=False)
-            except (ValueError, OSError) as e:
-                raise UserError(f"{origin}: not a readable .npy file ({_one_line(e)}); "
-                                "check that it is complete and was saved with numpy.save") from None
-
-        src = ArraySource(reopen(), ref.axes, origin=ref.origin, reopen=reopen)
+        src = NpySource(ref.path, ref.axes, ref.origin)
     elif ref.kind == "nibabel":
         src = NibabelSource(ref.path, ref.origin)
     else:
