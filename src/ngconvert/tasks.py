@@ -37,9 +37,11 @@ def cast(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         if data.dtype.kind == "f":
-            data = np.rint(data)
-        if data.dtype.kind in "iuf" and (data.dtype.kind == "f" or not np.can_cast(data.dtype, dtype)):
-            data = np.clip(data, info.min, info.max)
+            data = np.nan_to_num(np.rint(data), nan=0.0)
+            data = np.clip(data, float(info.min), float(info.max))
+        elif data.dtype.kind in "iu" and not np.can_cast(data.dtype, dtype):
+            src = np.iinfo(data.dtype)      # bounds the source type can hold, so clip cannot overflow
+            data = np.clip(data, data.dtype.type(max(info.min, src.min)), data.dtype.type(min(info.max, src.max)))
     return np.asfortranarray(data.astype(dtype, copy=False))
 
 
