@@ -31,6 +31,7 @@ git-ignored) when missing; outputs and logs go there too.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -301,9 +302,21 @@ def machine_info() -> dict:
     }
 
 
+def _ngconvert_dir() -> Path:
+    return Path(importlib.util.find_spec("ngconvert").origin).parent
+
+
+def ngconvert_fingerprint() -> str:
+    """A hash of the ngconvert package's files, to notice a checkout edited during the run."""
+    digest = hashlib.sha1()
+    for path in sorted(_ngconvert_dir().rglob("*.py")):
+        digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
 def ngconvert_revision() -> str:
     """The git commit of the ngconvert checkout measured ("+dirty" if src/ has changes)."""
-    src = Path(importlib.util.find_spec("ngconvert").origin).parent
+    src = _ngconvert_dir()
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=src, text=True,
                              capture_output=True, check=True).stdout.strip()
@@ -314,14 +327,14 @@ def ngconvert_revision() -> str:
     return rev + ("+dirty" if dirty else "")
 
 
-def versions() -> dict:
+def versions(revision: str) -> dict:
     out = {}
     for name in VERSIONED:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
-    out["ngconvert"] += f" (git {ngconvert_revision()})"
+    out["ngconvert"] += f" (git {revision})"
     return out
 
 
@@ -402,6 +415,9 @@ def main(argv=None) -> None:
     workdir = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    # The revision is read before the runs and checked after them: a checkout edited during
+    # the run would otherwise be reported as whatever state it ended in.
+    revision, fingerprint = ngconvert_revision(), ngconvert_fingerprint()
 
     print(f"preparing inputs in {workdir} ...", flush=True)
     source = Path(ensure_volume(str(workdir / f"brain{args.size}_uint8.nii"), args.size))
@@ -420,8 +436,13 @@ def main(argv=None) -> None:
         suites.append(make_suite(f"{BIG_SIZE}^3 {BIG_DTYPE} (2 GiB), ngconvert alone",
                                  big, [NGCONVERT], workdir, args, f"big{BIG_SIZE}"))
 
+    end_revision = ngconvert_revision()
+    if (end_revision, ngconvert_fingerprint()) != (revision, fingerprint):
+        revision = (f"{revision} at the start, {end_revision} at the end: "
+                    "THE NGCONVERT SOURCE CHANGED DURING THE RUN")
+        print(f"warning: ngconvert {revision}", file=sys.stderr, flush=True)
     report = {"argv": shlex.join(["python", "bench/bench_pyramid.py", *(argv or sys.argv[1:])]),
-              "machine": machine_info(), "versions": versions(), "suites": suites,
+              "machine": machine_info(), "versions": versions(revision), "suites": suites,
               "elapsed_s": round(time.time() - started, 1)}
     (workdir / "results.json").write_text(json.dumps(report, indent=2))
     if args.markdown:

@@ -14,7 +14,7 @@ memory budget, and stages are kept wide enough to use every worker.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -61,9 +61,12 @@ class Plan:
     source: SourceRef
     source_dtype: str
     stages: list[Stage]
+    _scales: list[Scale] | None = field(default=None, repr=False, compare=False)
 
     def scales(self) -> list[Scale]:
-        return self.layer.scales()
+        if self._scales is None:
+            self._scales = self.layer.scales()
+        return self._scales
 
     def tasks(self, stage: Stage):
         """The stage's tasks, lazily, in a fixed order."""
