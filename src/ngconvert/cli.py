@@ -34,13 +34,21 @@ def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert a volume into a multiscale precomputed layer",
                        description="Convert a volume (NIfTI/MGH/Analyze or .npy) into a precomputed layer "
                                    "with a full multiscale pyramid.")
-    p.add_argument("source", help="input volume: .nii, .nii.gz, .mgz, .mgh, .img/.hdr or .npy")
+    p.add_argument("source", help="input volume: .nii, .nii.gz, .mgz, .mgh, .img/.hdr, .npy, a multi-page or "
+                                  "OME .tif, or a folder or quoted pattern of .tif/.png/.jpg slices")
     p.add_argument("dest", help="output folder of the layer")
     g = p.add_argument_group("layer")
     g.add_argument("--type", dest="layer_type", default="auto", choices=["auto", "image", "segmentation"],
                    help="layer type (default: auto, decided from the data and reported)")
     g.add_argument("--dtype", choices=DATA_TYPES, help="convert values to this type (rounds and clips)")
     g.add_argument("--axes", default="xyz", help="axis order of a .npy array, e.g. zyx or czyx (default xyz)")
+    g = p.add_argument_group("slice stacks")
+    g.add_argument("--order", metavar="FILE", help="order file: '<name> <z>' or one name per line; "
+                                                    "'Placeholder' lines and missing z are empty slices")
+    g.add_argument("--pad", choices=["origin", "center"],
+                   help="place slices smaller than the largest at the origin or centred (default: error)")
+    g.add_argument("--flip", metavar="AXES", help="reverse these volume axes, e.g. y or x,z")
+    g.add_argument("--transpose", action="store_true", help="swap x and y of every slice")
     g = p.add_argument_group("physical space")
     g.add_argument("--resolution", type=_vec(float, "--resolution"), help="voxel size x,y,z (default: from the header)")
     g.add_argument("--units", default="nm", choices=["nm", "um", "mm", "m"], help="units of --resolution (default nm)")
@@ -63,8 +71,9 @@ def _add_convert(sub) -> None:
     g.add_argument("--skip-empty", action="store_true", help="do not store chunks that are all zero")
     g = p.add_argument_group("run")
     g.add_argument("--workers", type=int, help="worker processes (default: all cores)")
-    g.add_argument("--task-memory", type=int, default=64, metavar="MB",
-                   help="input bytes one task reads at most, in MB (default 64); bounds memory per worker")
+    g.add_argument("--task-memory", type=int, metavar="MB",
+                   help="input one task holds at most, in MB (default 64, 256 for slice stacks); "
+                        "bounds memory per worker")
     g.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     g.add_argument("--resume", action="store_true", help="finish an interrupted conversion")
     g.add_argument("--dry-run", action="store_true", help="print the planned scales and tasks; write nothing")
@@ -72,14 +81,15 @@ def _add_convert(sub) -> None:
 
 
 def _cmd_convert(a) -> int:
-    if a.task_memory < 1:
+    if a.task_memory is not None and a.task_memory < 1:
         raise UserError(f"--task-memory {a.task_memory}: give 1 MB or more")
     opts = ConvertOptions(
         layer_type=a.layer_type, encoding=a.encoding, compress=a.compress, gzip_level=a.gzip_level,
         jpeg_quality=a.jpeg_quality, png_level=a.png_level, cseg_block_size=a.block_size,
         resolution=a.resolution, units=a.units, voxel_offset=a.offset, chunk_size=a.chunk_size,
         factor=a.factor, max_mips=a.max_mips, downsample=a.downsample, dtype=a.dtype, axes=a.axes,
-        skip_empty=a.skip_empty, workers=a.workers, task_bytes=a.task_memory << 20,
+        skip_empty=a.skip_empty, workers=a.workers, task_bytes=a.task_memory << 20 if a.task_memory else None,
+        order_file=a.order, pad=a.pad or "", flip=a.flip or "", transpose=a.transpose,
         overwrite=a.overwrite, resume=a.resume, quiet=a.quiet)
     res = convert(a.source, a.dest, opts, dry_run=a.dry_run)
     layer = res.layer

@@ -17,7 +17,8 @@ from .geometry import Box, Vec
 from .plan import DEFAULT_TASK_BYTES, PLAN_KEY, SCRATCH, Plan, done_key, plan_stages
 from .progress import Progress
 from .pyramid import choose_chunk_size, plan_factors
-from .sources import UNIT_TO_NM, SourceInfo, SourceRef, open_source, prepare, ref_for, release
+from .sources import (UNIT_TO_NM, SliceOptions, SourceInfo, SourceRef, open_source, prepare, ref_for,
+                      release)
 from .spec import DATA_TYPES, LAYER_TYPES, LayerSpec, dumps
 from .store import MemoryStore, Store, open_store
 from .survey import guess_layer_type, value_range
@@ -44,6 +45,10 @@ class ConvertOptions:
     downsample: str | None = None             # average, mode, stride, min, max
     dtype: str | None = None                  # explicit conversion, may lose information
     axes: str = "xyz"
+    order_file: str | None = None             # slice stacks: names and z positions of the slices
+    pad: str = ""                             # slice stacks: "origin" or "center" for smaller slices
+    flip: str = ""                            # slices: axes to reverse, any of x, y, z
+    transpose: bool = False                   # slices: swap x and y
     affine: list | None = None                # voxel -> world for array sources
     world_units: str = "mm"
     skip_empty: bool = False
@@ -97,6 +102,16 @@ def _resolve_dtype(src_info: SourceInfo, src, opts: ConvertOptions, origin: str,
         raise UserError(f"{origin}: {d.name} values {lo}..{hi} fit no precomputed type; "
                         "pass --dtype to convert with clipping")
     raise UserError(f"{origin}: data type {d} is not supported; give integers or float32")
+
+
+SLAB_TASK_BYTES = 256 << 20
+
+
+def task_budget(opts: ConvertOptions, src) -> int:
+    """Bytes of input one task may hold: ``--task-memory``, or a default by source kind."""
+    if opts.task_bytes:
+        return opts.task_bytes
+    return SLAB_TASK_BYTES if getattr(src, "whole_slices", False) else DEFAULT_TASK_BYTES
 
 
 def _check_option_ranges(opts: ConvertOptions) -> None:
@@ -201,7 +216,15 @@ def resolve_layer(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> Lay
     if any(not np.isfinite(r) or r <= 0 for r in resolution):
         raise UserError(f"{origin}: the voxel size {resolution} nm is not positive; pass --resolution")
 
-    chunk = tuple(opts.chunk_size) if opts.chunk_size else choose_chunk_size(info.shape, resolution)
+    if opts.chunk_size:
+        chunk = tuple(opts.chunk_size)
+    else:
+        max_z = None
+        if getattr(src, "whole_slices", False):
+            # a task holds whole slices: keep one chunk-deep slab within a quarter of its budget
+            per_slice = info.shape[0] * info.shape[1] * info.channels * np.dtype(data_type).itemsize
+            max_z = max(1, task_budget(opts, src) // 4 // per_slice)
+        chunk = choose_chunk_size(info.shape, resolution, max_z=max_z)
     offset = tuple(int(o) for o in opts.voxel_offset)
     bounds = Box(offset, tuple(o + s for o, s in zip(offset, info.shape)))
     factors = plan_factors(bounds, resolution, chunk, opts.factor, opts.max_mips)
@@ -290,7 +313,8 @@ def _new_plan(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> Plan:
         release(prepared)
         raise
     workers = opts.workers or make_executor(None).workers
-    stages = plan_stages(layer, workers, opts.task_bytes or DEFAULT_TASK_BYTES)
+    src = open_source(prepared)
+    stages = plan_stages(layer, workers, task_budget(opts, src), getattr(src, "whole_slices", False))
     return Plan(layer, prepared, src_dtype, stages)
 
 
@@ -327,7 +351,7 @@ def convert(source, dest, options: ConvertOptions | None = None, dry_run: bool =
     t0 = time.perf_counter()
     store = open_store(dest)
     notes: list[str] = []
-    ref = ref_for(source, opts.axes)
+    ref = ref_for(source, opts.axes, SliceOptions(opts.order_file, opts.pad, opts.flip, opts.transpose))
 
     if opts.resume and not dry_run:
         plan = _resume_plan(store, ref)

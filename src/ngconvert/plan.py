@@ -125,7 +125,10 @@ def _tasks(scales, chunk, top, group) -> int:
     return n
 
 
-def plan_stages(layer: LayerSpec, workers: int, task_bytes: int = DEFAULT_TASK_BYTES) -> list[Stage]:
+def plan_stages(layer: LayerSpec, workers: int, task_bytes: int = DEFAULT_TASK_BYTES,
+                whole_slices: bool = False) -> list[Stage]:
+    """Stages for ``layer``; ``whole_slices`` makes tasks that read the source take whole
+    x-y slabs (a slice image can only be decoded whole, so it is read once)."""
     scales = layer.scales()
     chunk = layer.chunk_size
     last = len(scales) - 1
@@ -135,20 +138,29 @@ def plan_stages(layer: LayerSpec, workers: int, task_bytes: int = DEFAULT_TASK_B
     stages: list[Stage] = []
     base, first = 0, 0
     while first <= last:
+        slab = whole_slices and base == 0
         itemsize = value_bytes if base == 0 else carry_bytes
+
+        def start_group(level):
+            if not slab:
+                return (1, 1, 1)
+            shape = scales[level].bounds.shape
+            return (ceildiv(shape[0], chunk[0]), ceildiv(shape[1], chunk[1]), 1)
+
         top = first
         for cand in range(first + 1, last + 1):
             if not all(_nests(scales, chunk, lvl, cand) for lvl in range(first, cand)):
                 break
-            if _region_bytes(scales, chunk, base, cand, (1, 1, 1), itemsize) > task_bytes:
+            if _region_bytes(scales, chunk, base, cand, start_group(cand), itemsize) > task_bytes:
                 break
-            if _tasks(scales, chunk, cand, (1, 1, 1)) < want_tasks <= _tasks(scales, chunk, top, (1, 1, 1)):
+            if _tasks(scales, chunk, cand, start_group(cand)) < want_tasks <= _tasks(
+                    scales, chunk, top, start_group(top)):
                 break
             top = cand
-        group = [1, 1, 1]
+        group = list(start_group(top))
         while True:   # batch small tasks while the budget and the worker count allow
             grown = False
-            for d in range(3):
+            for d in ((2,) if slab else (0, 1, 2)):
                 g = list(group)
                 g[d] *= 2
                 if group[d] * chunk[d] >= scales[top].bounds.shape[d]:

@@ -13,17 +13,20 @@ def next_pow2(n: int) -> int:
 
 
 def choose_chunk_size(shape: Vec, resolution: tuple[float, float, float],
-                      target_voxels: int = DEFAULT_CHUNK_VOXELS) -> Vec:
+                      target_voxels: int = DEFAULT_CHUNK_VOXELS, max_z: int | None = None) -> Vec:
     """A power-of-two chunk shape holding about ``target_voxels`` voxels.
 
     The chunk is grown one axis at a time, always doubling the axis whose physical
     extent is smallest, so chunks are as close to physically cubic as possible
     (64^3 for isotropic data, 128x128x16 for 4x4x40 nm).  An axis never grows past
     the volume's extent rounded up to a power of two, so thin volumes get wide,
-    flat chunks instead of mostly-empty cubes.
+    flat chunks instead of mostly-empty cubes.  ``max_z`` caps the depth (slice stacks
+    whose slices are large keep a chunk-deep slab small).
     """
     chunk = [1, 1, 1]
     limit = [next_pow2(max(1, n)) for n in shape]
+    if max_z is not None:
+        limit[2] = min(limit[2], 1 << max(0, max_z.bit_length() - 1))
     while chunk[0] * chunk[1] * chunk[2] * 2 <= target_voxels:
         growable = [d for d in range(3) if chunk[d] < limit[d]]
         if not growable:

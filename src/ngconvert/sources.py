@@ -34,11 +34,15 @@ NIBABEL_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh", ".img", ".hdr", ".img.gz"
 class SourceRef:
     """Everything needed to reopen a source in any process."""
 
-    kind: str                      # "nibabel", "npy" or "array"
+    kind: str                      # "nibabel", "npy", "array", "slices" or "tiff"
     path: str = ""                 # file read (a decompressed copy for gzipped files)
     origin: str = ""               # what the user named
     axes: str = "xyz"              # axis order of the stored array ("xyz", "zyx", "xyzc", "czyx", ...)
     array_id: str = ""
+    files: list | None = None      # slice stacks: the file of each z (None: an empty slice)
+    pad: str = ""                  # slice stacks: "", "origin" or "center"
+    flip: str = ""                 # slices: axes to reverse, any of "xyz"
+    transpose: bool = False        # slices: swap x and y
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -48,7 +52,8 @@ class SourceRef:
         return cls(**obj)
 
     def key(self) -> str:
-        return f"{self.kind}:{self.path}:{self.axes}:{self.array_id}"
+        return (f"{self.kind}:{self.path}:{self.axes}:{self.array_id}:{self.pad}:{self.flip}:{self.transpose}:"
+                f"{len(self.files or [])}")
 
 
 @dataclass
@@ -370,17 +375,32 @@ def _one_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def ref_for(source, axes: str = "xyz") -> SourceRef:
-    """A reference for what the user gave: a path or a numpy array."""
+@dataclass(frozen=True)
+class SliceOptions:
+    """How to read 2-D slices: order file, padding and orientation."""
+
+    order_file: str | None = None
+    pad: str = ""
+    flip: str = ""
+    transpose: bool = False
+
+
+def ref_for(source, axes: str = "xyz", slices: SliceOptions = SliceOptions()) -> SourceRef:
+    """A reference for what the user gave: a path, a folder or pattern of slices, a list of
+    slice files, or a numpy array."""
+    if isinstance(source, (list, tuple)):
+        return _slice_ref([os.fspath(f) for f in source], "slice list", slices)
     if isinstance(source, np.ndarray):
         array_id = f"a{id(source):x}"
         _ARRAYS[array_id] = source
         return SourceRef(kind="array", origin="array", axes=axes, array_id=array_id)
     path = os.fspath(source)
+    from .slices import SLICE_EXTENSIONS, _is_pattern, list_slice_files
+
+    if os.path.isdir(path) or (_is_pattern(path) and not os.path.exists(path)):
+        return _slice_ref(list_slice_files(path), path, slices)
     if not os.path.exists(path):
         raise UserError(f"{path}: no such file; check the path")
-    if os.path.isdir(path):
-        raise UserError(f"{path} is a folder; give a volume file (.nii, .nii.gz, .mgz, .img, .npy)")
     if not os.access(path, os.R_OK):
         raise UserError(f"{path}: permission denied; make the file readable")
     lower = path.lower()
@@ -388,7 +408,47 @@ def ref_for(source, axes: str = "xyz") -> SourceRef:
         return SourceRef(kind="npy", path=path, origin=path, axes=axes)
     if lower.endswith(NIBABEL_SUFFIXES):
         return SourceRef(kind="nibabel", path=path, origin=path)
-    raise UserError(f"{path}: unknown volume format; give .nii, .nii.gz, .mgz, .mgh, .img/.hdr or .npy")
+    if lower.endswith((".tif", ".tiff")) and _tiff_pages(path) > 1:
+        return SourceRef(kind="tiff", path=path, origin=path, flip=_flip(slices.flip), transpose=slices.transpose)
+    if lower.endswith(SLICE_EXTENSIONS):
+        return _slice_ref([path], path, slices)
+    raise UserError(f"{path}: unknown volume format; give .nii, .nii.gz, .mgz, .mgh, .img/.hdr, .npy, "
+                    "a multi-page .tif, or a folder or pattern of .tif/.png/.jpg slices")
+
+
+def _flip(text: str) -> str:
+    axes = text.replace(",", "").lower()
+    if set(axes) - set("xyz"):
+        raise UserError(f"--flip {text}: name axes among x, y and z, e.g. --flip y or --flip x,z")
+    return "".join(a for a in "xyz" if a in axes)
+
+
+def _tiff_pages(path: str) -> int:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return len(tif.pages)
+    except Exception as e:
+        raise UserError(f"{path}: not a readable TIFF ({_one_line(e)}); check the file") from None
+
+
+def _slice_ref(files: list[str], origin: str, opts: SliceOptions) -> SourceRef:
+    ordered: list = list(files)
+    if opts.order_file:
+        from .slices import match_order, parse_order
+
+        try:
+            with open(opts.order_file, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise UserError(f"{opts.order_file}: cannot read the order file ({e.strerror or e})") from None
+        ordered = match_order(parse_order(text, opts.order_file), files, opts.order_file)
+    for f in ordered:
+        if f is not None and not os.access(f, os.R_OK):
+            raise UserError(f"{f}: cannot read the slice; check that it exists and is readable")
+    return SourceRef(kind="slices", origin=origin, files=ordered, pad=opts.pad, flip=_flip(opts.flip),
+                     transpose=opts.transpose)
 
 
 def prepare(ref: SourceRef) -> SourceRef:
@@ -422,6 +482,14 @@ def open_source(ref: SourceRef) -> VolumeSource:
         src = NpySource(ref.path, ref.axes, ref.origin)
     elif ref.kind == "nibabel":
         src = NibabelSource(ref.path, ref.origin)
+    elif ref.kind == "slices":
+        from .slices import Orientation, SliceStackSource
+
+        src = SliceStackSource(ref.files, ref.origin, ref.pad, Orientation(ref.transpose, ref.flip))
+    elif ref.kind == "tiff":
+        from .slices import Orientation, TiffStackSource
+
+        src = TiffStackSource(ref.path, ref.origin, Orientation(ref.transpose, ref.flip))
     else:
         raise ValueError(f"unknown source kind {ref.kind!r}")
     with _LOCK:

@@ -1,0 +1,370 @@
+"""Stacks of 2-D images (TIFF, PNG, JPEG) and multi-page / OME-TIFF files as volume sources.
+
+A slice image is ``rows x columns``; in the volume, columns are x, rows are y and the
+slice's position in the stack is z.  ``transpose`` swaps x and y of every slice and
+``flip`` reverses any of x, y, z, so a stack can be matched to an atlas' orientation.
+
+Slices are decoded whole (their formats allow nothing else), so the planner gives tasks
+whole-slice slabs; a task reads its slices in parallel threads.
+"""
+from __future__ import annotations
+
+import glob
+import io
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UserError
+from .geometry import Box
+from .sources import SourceInfo, VolumeSource, _check_shape, _one_line, read_file_region
+
+SLICE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+READ_THREADS = 4
+
+
+def natural_key(name: str):
+    """Sort key in which ``img2`` comes before ``img10``."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t.lower()) for t in re.split(r"(\d+)", name) if t]
+
+
+def _is_pattern(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def list_slice_files(spec: str) -> list[str]:
+    """The image files of a folder or a glob pattern, in natural order."""
+    if _is_pattern(spec):
+        files = [f for f in glob.glob(spec) if os.path.isfile(f)]
+        if not files:
+            raise UserError(f"{spec}: the pattern matches no files; check the pattern and quote it")
+    else:
+        if not os.path.isdir(spec):
+            raise UserError(f"{spec}: no such folder; check the path")
+        files = [os.path.join(spec, f) for f in os.listdir(spec)
+                 if f.lower().endswith(SLICE_EXTENSIONS) and os.path.isfile(os.path.join(spec, f))]
+        if not files:
+            raise UserError(f"{spec}: the folder holds no .tif, .tiff, .png or .jpg images")
+    return sorted(files, key=lambda f: natural_key(os.path.basename(f)))
+
+
+def parse_order(text: str, origin: str) -> list[str | None]:
+    """Slice names by z position from an order file; ``None`` is an empty slice.
+
+    Each line is ``<name> <index>`` (index = z position) or just ``<name>`` (z = line
+    number).  A name ``Placeholder`` (any case) is an empty slice at its z, and so is a z
+    that no line names; neither shifts later slices.  Blank lines and ``#`` comments
+    are skipped.  Names are taken literally (they may contain spaces).
+    """
+    entries: list[tuple[str, int | None, int]] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(None, 1)
+        if len(parts) == 2 and re.fullmatch(r"-?\d+", parts[1]):
+            name, index = parts[0], int(parts[1])
+            if index < 0:
+                raise UserError(f"{origin}:{lineno}: z index {index} is negative; indices start at 0")
+        else:
+            name, index = line, None
+        entries.append((name, index, lineno))
+    if not entries:
+        raise UserError(f"{origin}: the order file names no slices")
+    indexed = [e for e in entries if e[1] is not None]
+    if indexed and len(indexed) != len(entries):
+        _name, _i, lineno = next(e for e in entries if e[1] is None)
+        raise UserError(f"{origin}:{lineno}: a line without a z index in a file whose other lines have one; "
+                        "give every line '<name> <index>' or none")
+    if not indexed:
+        return [None if n.lower() == "placeholder" else n for n, _i, _l in entries]
+    order: list[str | None] = [None] * (max(i for _n, i, _l in entries) + 1)
+    seen: dict[int, int] = {}
+    for name, index, lineno in entries:
+        if index in seen:
+            raise UserError(f"{origin}:{lineno}: z index {index} is already used on line {seen[index]}")
+        seen[index] = lineno
+        order[index] = None if name.lower() == "placeholder" else name
+    return order
+
+
+def match_order(order: list[str | None], files: list[str], origin: str) -> list[str | None]:
+    """Map order-file names to files, literally by relative path or by base name."""
+    by_name: dict[str, str] = {}
+    for f in files:
+        by_name.setdefault(os.path.basename(f), f)
+        by_name.setdefault(f, f)
+    out, missing = [], []
+    for name in order:
+        if name is None:
+            out.append(None)
+        elif name in by_name:
+            out.append(by_name[name])
+        else:
+            missing.append(name)
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise UserError(f"{origin}: {len(missing)} slice(s) named in the order file are not among the input "
+                        f"files: {shown}")
+    return out
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    rows: int
+    cols: int
+    channels: int
+    dtype: np.dtype
+
+
+def decode_slice(data: bytes, name: str) -> np.ndarray:
+    """A slice as ``[rows, cols, channels]``."""
+    import imagecodecs
+    import tifffile
+
+    lower = name.lower()
+    try:
+        if lower.endswith((".tif", ".tiff")):
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                img = tif.pages[0].asarray()
+        elif lower.endswith(".png"):
+            img = imagecodecs.png_decode(data)
+        elif lower.endswith((".jpg", ".jpeg")):
+            img = imagecodecs.jpeg8_decode(data)
+        else:
+            raise UserError(f"{name}: not a .tif, .png or .jpg image")
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"{name}: cannot decode the image ({_one_line(e)}); the file may be damaged") from None
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3:
+        raise UserError(f"{name}: image of shape {img.shape} is not a 2-D grey or colour slice")
+    if img.dtype == np.bool_:
+        img = img.astype(np.uint8)
+    return img
+
+
+def probe_slice(path: str) -> SliceHeader:
+    """Shape and type of a local slice, reading only its header where the format allows."""
+    lower = path.lower()
+    try:
+        if lower.endswith((".tif", ".tiff")):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                shape, dtype = page.shape, np.dtype(page.dtype)
+                rows, cols = shape[0], shape[1]
+                channels = shape[2] if len(shape) == 3 else 1
+                return SliceHeader(rows, cols, channels, dtype if dtype != np.bool_ else np.dtype(np.uint8))
+        from PIL import Image
+
+        with Image.open(path) as im:
+            mode_types = {"L": ("uint8", 1), "RGB": ("uint8", 3), "RGBA": ("uint8", 4), "LA": ("uint8", 2),
+                          "I;16": ("uint16", 1), "I;16B": ("uint16", 1), "I": ("int32", 1), "1": ("uint8", 1),
+                          "F": ("float32", 1)}
+            if im.mode not in mode_types:
+                raise UserError(f"{path}: image mode {im.mode} (e.g. a palette image) is not supported; "
+                                "save it as grey or RGB")
+            dtype, channels = mode_types[im.mode]
+            if im.mode == "I" and im.format == "PNG":
+                dtype = "uint16"        # 16-bit PNGs open as mode I in some Pillow versions
+            return SliceHeader(im.height, im.width, channels, np.dtype(dtype))
+    except UserError:
+        raise
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the image ({_one_line(e)}); check the file") from None
+    except Exception as e:
+        raise UserError(f"{path}: not a readable image ({_one_line(e)}); the file may be damaged") from None
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How slices map to the volume: swap x/y, then reverse the named axes."""
+
+    transpose: bool = False
+    flip: str = ""          # any of "x", "y", "z"
+
+    def to_volume(self, img: np.ndarray) -> np.ndarray:
+        """``[rows, cols, c]`` -> ``[x, y, c]`` with this orientation."""
+        xy = img if self.transpose else img.transpose(1, 0, 2)
+        if "x" in self.flip:
+            xy = xy[::-1]
+        if "y" in self.flip:
+            xy = xy[:, ::-1]
+        return xy
+
+
+class SliceStackSource(VolumeSource):
+    """An ordered list of slice files (``None`` for an empty slice)."""
+
+    whole_slices = True
+
+    def __init__(self, files: list[str | None], origin: str, pad: str = "", orientation=Orientation(),
+                 headers: list[SliceHeader | None] | None = None):
+        if pad not in ("", "origin", "center"):
+            raise UserError(f"--pad {pad}: choose origin or center")
+        self.files = list(files)
+        self.origin, self.pad, self.orientation = origin, pad, orientation
+        real = [f for f in self.files if f is not None]
+        if not real:
+            raise UserError(f"{origin}: every slice is a placeholder; nothing to convert")
+        if headers is None:
+            with ThreadPoolExecutor(READ_THREADS) as pool:
+                headers = list(pool.map(lambda f: None if f is None else probe_slice(f), self.files))
+        first_i = next(i for i, h in enumerate(headers) if h is not None)
+        ref = headers[first_i]
+        rows, cols = ref.rows, ref.cols
+        for f, h in zip(self.files, headers):
+            if h is None:
+                continue
+            what = []
+            if h.dtype != ref.dtype:
+                what.append(f"type {h.dtype} instead of {ref.dtype}")
+            if h.channels != ref.channels:
+                what.append(f"{h.channels} channel(s) instead of {ref.channels}")
+            if what:
+                raise UserError(f"{f}: {', '.join(what)} (as in {self.files[first_i]}); convert the slices to "
+                                "one type and channel count")
+            if (h.rows, h.cols) != (ref.rows, ref.cols):
+                if not pad:
+                    raise UserError(f"{f}: {h.cols}x{h.rows} pixels instead of {ref.cols}x{ref.rows} "
+                                    f"(as in {self.files[first_i]}); pass --pad origin or --pad center "
+                                    "to place smaller slices in the largest frame")
+                rows, cols = max(rows, h.rows), max(cols, h.cols)
+        self.rows, self.cols = rows, cols
+        x, y = (rows, cols) if orientation.transpose else (cols, rows)
+        shape = (x, y, len(self.files))
+        self.info = SourceInfo(shape=shape, channels=ref.channels, dtype=ref.dtype)
+        _check_shape(origin, shape, ref.channels)
+
+    def _slice(self, z: int) -> np.ndarray:
+        """Slice ``z`` of the volume (after flips) as ``[x, y, c]`` of the full frame."""
+        if "z" in self.orientation.flip:
+            z = len(self.files) - 1 - z
+        path = self.files[z]
+        frame = np.zeros((self.rows, self.cols, self.info.channels), dtype=self.info.dtype)
+        if path is not None:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+            img = decode_slice(data, path)
+            if img.dtype != self.info.dtype or img.shape[2] != self.info.channels:
+                raise UserError(f"{path}: decodes to {img.dtype} x{img.shape[2]}, not {self.info.dtype} "
+                                f"x{self.info.channels} like the other slices; convert the slices to one type")
+            h, w = img.shape[:2]
+            if (h, w) != (self.rows, self.cols) and not self.pad:
+                raise UserError(f"{path}: {w}x{h} pixels instead of {self.cols}x{self.rows}; pass --pad")
+            if h > self.rows or w > self.cols:
+                raise UserError(f"{path}: {w}x{h} pixels is larger than the frame {self.cols}x{self.rows}")
+            r0 = (self.rows - h) // 2 if self.pad == "center" else 0
+            c0 = (self.cols - w) // 2 if self.pad == "center" else 0
+            frame[r0:r0 + h, c0:c0 + w] = img
+        return self.orientation.to_volume(frame)
+
+    def read(self, box: Box) -> np.ndarray:
+        sx, sy, sz = box.slices((0, 0, 0))
+        out = np.empty(box.shape + (self.info.channels,), dtype=self.info.dtype, order="F")
+
+        def fill(k):
+            out[:, :, k - box.start[2], :] = self._slice(k)[sx, sy]
+
+        zs = range(box.start[2], box.stop[2])
+        if len(zs) == 1:
+            fill(zs[0])
+        else:
+            with ThreadPoolExecutor(min(READ_THREADS, len(zs))) as pool:
+                list(pool.map(fill, zs))
+        return out
+
+
+class TiffStackSource(VolumeSource):
+    """A multi-page or OME-TIFF file: pages are z (and channels); read page by page.
+
+    Uncompressed, contiguous files are read straight from their byte offset (no decode);
+    compressed pages (LZW, deflate, ...) are decoded one at a time.
+    """
+
+    whole_slices = True
+
+    def __init__(self, path: str, origin: str, orientation=Orientation()):
+        import tifffile
+
+        self.path, self.origin, self.orientation = path, origin, orientation
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                axes, shape = series.axes.upper(), tuple(series.shape)
+                dtype = np.dtype(series.dtype)
+                self.dataoffset = series.dataoffset
+                self.npages = len(tif.pages)
+        except Exception as e:
+            raise UserError(f"{origin}: not a readable TIFF ({_one_line(e)}); check the file") from None
+        keep = [(a, n) for a, n in zip(axes, shape) if n > 1 or a in "YX"]
+        names = "".join(a for a, _n in keep)
+        if not re.fullmatch(r"[ZQ]?[CS]?YX[S]?|[CS]?[ZQ]YX[S]?", names):
+            raise UserError(f"{origin}: TIFF axes {axes} (shape {shape}) are not a z-stack of 2-D images; "
+                            "give one series with Z, Y, X and optionally channels")
+        sizes = dict(keep)
+        self.axes, self.shape = axes, shape
+        self.page_axes = [a for a in axes if a not in "YXS"]
+        self.depth = sizes.get("Z", sizes.get("Q", 1))
+        ch_axis = "C" if "C" in sizes else ("S" if "S" in sizes else None)
+        self.channels = sizes.get(ch_axis, 1) if ch_axis else 1
+        self.rows, self.cols = sizes["Y"], sizes["X"]
+        x, y = (self.rows, self.cols) if orientation.transpose else (self.cols, self.rows)
+        self.info = SourceInfo(shape=(x, y, self.depth), channels=self.channels,
+                               dtype=dtype if dtype != np.bool_ else np.dtype(np.uint8))
+        _check_shape(origin, self.info.shape, self.channels)
+
+    def _index(self, z: int, c: int) -> tuple:
+        """Index into the series array for (z, channel c), slicing Y, X (and S)."""
+        idx = []
+        for a in self.axes:
+            if a in ("Z", "Q"):
+                idx.append(z)
+            elif a == "C":
+                idx.append(c)
+            elif a in "YX" or (a == "S" and self.channels > 1):
+                idx.append(slice(None))
+            else:
+                idx.append(0)
+        return tuple(idx)
+
+    def _slice(self, tif, z: int) -> np.ndarray:
+        if "z" in self.orientation.flip:
+            z = self.depth - 1 - z
+        planes = []
+        for c in range(self.channels if "C" in self.axes else 1):
+            idx = self._index(z, c)
+            if self.dataoffset is not None:
+                region = tuple(i if isinstance(i, slice) else slice(i, i + 1) for i in idx)
+                dtype = np.dtype(tif.series[0].dtype).newbyteorder(tif.byteorder)
+                arr = read_file_region(self.path, self.dataoffset, dtype, self.shape, "C", region)
+                plane = arr.reshape(self.rows, self.cols, -1)
+            else:
+                key = int(np.ravel_multi_index([i for i, a in zip(idx, self.axes) if a not in "YXS"],
+                                               [n for n, a in zip(self.shape, self.axes) if a not in "YXS"]))
+                plane = tif.pages[key].asarray()
+            planes.append(plane if plane.ndim == 3 else plane[:, :, None])
+        img = np.concatenate(planes, axis=2) if len(planes) > 1 else planes[0]
+        if not img.dtype.isnative:
+            img = img.astype(img.dtype.newbyteorder("="))
+        return self.orientation.to_volume(img)
+
+    def read(self, box: Box) -> np.ndarray:
+        import tifffile
+
+        sx, sy, _sz = box.slices((0, 0, 0))
+        out = np.empty(box.shape + (self.channels,), dtype=self.info.dtype, order="F")
+        with tifffile.TiffFile(self.path) as tif:
+            for k in range(box.start[2], box.stop[2]):
+                out[:, :, k - box.start[2], :] = self._slice(tif, k)[sx, sy]
+        return out
