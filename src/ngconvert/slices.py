@@ -55,8 +55,8 @@ def parse_order(text: str, origin: str) -> list[str | None]:
     """Slice names by z position from an order file; ``None`` is an empty slice.
 
     Each line is ``<name> <index>`` (index = z position) or just ``<name>`` (z = line
-    number).  A name ``Placeholder`` (any case) is an empty slice at its z, and so is a z
-    that no line names; neither shifts later slices.  Blank lines and ``#`` comments
+    number).  A name containing ``Placeholder`` (any case) is an empty slice at its z, and
+    so is a z that no line names; neither shifts later slices.  Blank lines and ``#`` comments
     are skipped.  Names are taken literally (they may contain spaces).
     """
     entries: list[tuple[str, int | None, int]] = []
@@ -80,15 +80,19 @@ def parse_order(text: str, origin: str) -> list[str | None]:
         raise UserError(f"{origin}:{lineno}: a line without a z index in a file whose other lines have one; "
                         "give every line '<name> <index>' or none")
     if not indexed:
-        return [None if n.lower() == "placeholder" else n for n, _i, _l in entries]
+        return [None if _is_placeholder(n) else n for n, _i, _l in entries]
     order: list[str | None] = [None] * (max(i for _n, i, _l in entries) + 1)
     seen: dict[int, int] = {}
     for name, index, lineno in entries:
         if index in seen:
             raise UserError(f"{origin}:{lineno}: z index {index} is already used on line {seen[index]}")
         seen[index] = lineno
-        order[index] = None if name.lower() == "placeholder" else name
+        order[index] = None if _is_placeholder(name) else name
     return order
+
+
+def _is_placeholder(name: str) -> bool:
+    return "placeholder" in name.lower()
 
 
 def match_order(order: list[str | None], files: list[str], origin: str) -> list[str | None]:
