@@ -247,38 +247,89 @@ class SliceStackSource(VolumeSource):
         self.info = SourceInfo(shape=shape, channels=ref.channels, dtype=ref.dtype)
         _check_shape(origin, shape, ref.channels)
 
-    def _slice(self, z: int) -> np.ndarray:
-        """Slice ``z`` of the volume (after flips) as ``[x, y, c]`` of the full frame."""
+    def _path(self, z: int) -> str | None:
         if "z" in self.orientation.flip:
             z = len(self.files) - 1 - z
-        path = self.files[z]
-        frame = np.zeros((self.rows, self.cols, self.info.channels), dtype=self.info.dtype)
-        if path is not None:
-            try:
-                with open(path, "rb") as f:
-                    data = f.read()
-            except OSError as e:
-                raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
-            img = decode_slice(data, path)
-            if img.dtype != self.info.dtype or img.shape[2] != self.info.channels:
-                raise UserError(f"{path}: decodes to {img.dtype} x{img.shape[2]}, not {self.info.dtype} "
-                                f"x{self.info.channels} like the other slices; convert the slices to one type")
-            h, w = img.shape[:2]
-            if (h, w) != (self.rows, self.cols) and not self.pad:
+        return self.files[z]
+
+    def _slice(self, z: int) -> np.ndarray:
+        """Slice ``z`` of the volume (after flips) as ``[x, y, c]`` of the full frame."""
+        path = self._path(z)
+        if path is None:
+            frame = np.zeros((self.rows, self.cols, self.info.channels), dtype=self.info.dtype)
+            return self.orientation.to_volume(frame)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+        img = decode_slice(data, path)
+        del data
+        if img.dtype != self.info.dtype or img.shape[2] != self.info.channels:
+            raise UserError(f"{path}: decodes to {img.dtype} x{img.shape[2]}, not {self.info.dtype} "
+                            f"x{self.info.channels} like the other slices; convert the slices to one type")
+        h, w = img.shape[:2]
+        if (h, w) != (self.rows, self.cols):
+            if not self.pad:
                 raise UserError(f"{path}: {w}x{h} pixels instead of {self.cols}x{self.rows}; pass --pad")
             if h > self.rows or w > self.cols:
                 raise UserError(f"{path}: {w}x{h} pixels is larger than the frame {self.cols}x{self.rows}")
+            frame = np.zeros((self.rows, self.cols, self.info.channels), dtype=self.info.dtype)
             r0 = (self.rows - h) // 2 if self.pad == "center" else 0
             c0 = (self.cols - w) // 2 if self.pad == "center" else 0
             frame[r0:r0 + h, c0:c0 + w] = img
-        return self.orientation.to_volume(frame)
+            img = frame
+        return self.orientation.to_volume(img)
+
+    def _direct(self, box: Box) -> bool:
+        """Whether whole slices of ``box`` can be decoded straight into the output array.
+
+        The output is ``[x, y, z, c]`` in Fortran order, so one z of a single channel is a
+        C-ordered ``[rows, cols]`` image: exactly what a decoder writes when slices are not
+        transposed or flipped in x or y.
+        """
+        return (self.info.channels == 1 and not self.orientation.transpose
+                and not any(a in self.orientation.flip for a in "xy")
+                and box.start[:2] == (0, 0) and tuple(box.stop[:2]) == tuple(self.info.shape[:2]))
+
+    def _read_tiff_into(self, path: str, target: np.ndarray) -> bool:
+        """Decode a single-image TIFF of the frame's size into ``target`` ([rows, cols]).
+
+        False (nothing written) when the file is not such a TIFF: the general path then
+        reads it and gives the usual messages for padding, types and damage.
+        """
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                if (tuple(page.shape) != (self.rows, self.cols) or np.dtype(page.dtype) != self.info.dtype
+                        or page.dtype == np.bool_):
+                    return False
+                page.asarray(out=target, maxworkers=1)
+            return True
+        except Exception:
+            return False
+
+    def _fill(self, z: int, plane: np.ndarray, direct: bool, sx, sy) -> None:
+        """Write slice ``z`` of the volume into ``plane`` ([x, y, c] of the output)."""
+        if direct:
+            path = self._path(z)
+            target = plane[:, :, 0].T                 # a C-contiguous [rows, cols] view
+            if path is None:
+                target.fill(0)
+                return
+            if path.lower().endswith((".tif", ".tiff")) and self._read_tiff_into(path, target):
+                return
+        plane[...] = self._slice(z)[sx, sy]
 
     def read(self, box: Box) -> np.ndarray:
         sx, sy, sz = box.slices((0, 0, 0))
         out = np.empty(box.shape + (self.info.channels,), dtype=self.info.dtype, order="F")
+        direct = self._direct(box)
 
         def fill(k):
-            out[:, :, k - box.start[2], :] = self._slice(k)[sx, sy]
+            self._fill(k, out[:, :, k - box.start[2], :], direct, sx, sy)
 
         zs = range(box.start[2], box.stop[2])
         if len(zs) == 1:
