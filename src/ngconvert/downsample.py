@@ -58,15 +58,21 @@ def _accumulator(dtype: np.dtype, block: int) -> np.dtype:
     return np.dtype(np.float64)
 
 
-def pool_sum(data: np.ndarray, box: Box, factor: Vec) -> tuple[np.ndarray, Box]:
-    """Exact sum of each block (``data`` may be values or sums of an earlier level).
+SLAB_BYTES = 8 << 20
+"""Rough size of the accumulator one step of :func:`pool_sum` or :func:`mean_from_sums`
+works on: the output is made z-slab by z-slab, so no temporary ever approaches the
+size of the input (a whole-volume temporary would double a task's memory)."""
 
-    The sum is built from strided adds, z first, in the narrowest exact accumulator
-    (uint16 for uint8 data), which is many times faster than a reshape-and-reduce.
-    """
-    out_box = box.downsample(factor)
-    data = _padded(data, box, factor, "constant")
-    acc = _accumulator(data.dtype, factor[0] * factor[1] * factor[2])
+
+def _z_slabs(planes: int, plane_bytes: int):
+    """``(j0, j1)`` ranges of output z planes, each about ``SLAB_BYTES``."""
+    step = max(1, SLAB_BYTES // max(1, plane_bytes))
+    for j0 in range(0, planes, step):
+        yield j0, min(planes, j0 + step)
+
+
+def _strided_sum(data: np.ndarray, factor: Vec, acc: np.dtype) -> np.ndarray:
+    """Block sums of ``data`` (whose shape is a multiple of ``factor``) by strided adds."""
     out = data
     for axis in (2, 1, 0):
         f = factor[axis]
@@ -79,9 +85,39 @@ def pool_sum(data: np.ndarray, box: Box, factor: Vec) -> tuple[np.ndarray, Box]:
             index[axis] = slice(r, None, f)
             total += out[tuple(index)]
         out = total
-    if out is data:
-        out = data.astype(acc)
-    return np.asfortranarray(out), out_box
+    return out
+
+
+def pool_sum(data: np.ndarray, box: Box, factor: Vec) -> tuple[np.ndarray, Box]:
+    """Exact sum of each block (``data`` may be values or sums of an earlier level).
+
+    The sum is built from strided adds, z first, in the narrowest exact accumulator
+    (uint16 for uint8 data), which is many times faster than a reshape-and-reduce.  It is
+    made a slab of output z planes at a time (padding only the slabs at the edges), so
+    the only full-size allocation is the output itself.
+    """
+    out_box = box.downsample(factor)
+    acc = _accumulator(data.dtype, factor[0] * factor[1] * factor[2])
+    pads = _pads(box, factor)
+    (zlo, _zhi), fz = pads[2], factor[2]
+    nz = data.shape[2]
+    out = np.empty(out_box.shape + (data.shape[3],), dtype=acc, order="F")
+    # the input planes under one output plane, in the accumulator type, bound every
+    # temporary of a slab (the padded copy at an edge, the first partial sum)
+    plane_bytes = (data.shape[0] + pads[0][0] + pads[0][1]) * (data.shape[1] + pads[1][0] + pads[1][1]) \
+        * data.shape[3] * acc.itemsize * fz
+    for j0, j1 in _z_slabs(out.shape[2], plane_bytes):
+        a, b = j0 * fz - zlo, j1 * fz - zlo          # input z range of these planes (unpadded)
+        zpad = (max(0, -a), max(0, b - nz))
+        part = data[:, :, max(0, a):min(nz, b)]
+        slab_pads = [pads[0], pads[1], zpad, (0, 0)]
+        if any(p for pair in slab_pads for p in pair):
+            part = np.pad(part, slab_pads, mode="constant")
+        if factor == (1, 1, 1):
+            out[:, :, j0:j1] = part
+        else:
+            out[:, :, j0:j1] = _strided_sum(part, factor, acc)
+    return out, out_box
 
 
 def _mode_generic(data: np.ndarray, factor: Vec) -> np.ndarray:
@@ -131,14 +167,22 @@ def axis_counts(box: Box, base: Box, cumulative: Vec) -> list[np.ndarray]:
 
 
 def mean_from_sums(sums: np.ndarray, box: Box, base: Box, cumulative: Vec, dtype: np.dtype) -> np.ndarray:
-    """Exact block means of the full-resolution data, rounded once to ``dtype``."""
+    """Exact block means of the full-resolution data, rounded once to ``dtype``.
+
+    Computed in float64 a slab of z planes at a time, straight into the output array.
+    """
     cx, cy, cz = axis_counts(box, base, cumulative)
-    mean = sums.astype(np.float64, order="F")
-    if all(c.size and (c == c[0]).all() for c in (cx, cy, cz)):
-        mean /= cx[0] * cy[0] * cz[0]          # interior: one count for every voxel
-    else:                                      # edge: counts are exact small integers
-        mean /= cx[:, None, None, None] * cy[None, :, None, None] * cz[None, None, :, None]
     dtype = np.dtype(dtype)
-    if dtype.kind != "f":
-        np.rint(mean, out=mean)
-    return np.asfortranarray(mean.astype(dtype))
+    out = np.empty(sums.shape, dtype=dtype, order="F")
+    interior = all(c.size and (c == c[0]).all() for c in (cx, cy, cz))
+    plane_bytes = sums.shape[0] * sums.shape[1] * sums.shape[3] * 8
+    for j0, j1 in _z_slabs(sums.shape[2], plane_bytes):
+        mean = sums[:, :, j0:j1].astype(np.float64, order="F")
+        if interior:
+            mean /= cx[0] * cy[0] * cz[0]          # interior: one count for every voxel
+        else:                                      # edge: counts are exact small integers
+            mean /= cx[:, None, None, None] * cy[None, :, None, None] * cz[None, None, j0:j1, None]
+        if dtype.kind != "f":
+            np.rint(mean, out=mean)
+        out[:, :, j0:j1] = mean.astype(dtype)
+    return out
