@@ -12,7 +12,8 @@ from .downsample import METHODS
 from .errors import UserError
 from .spec import DATA_TYPES
 from .stats import format_rows, read_info, scale_rows
-from .store import open_store
+from .progress import TransferBar
+from .store import StorageOptions, open_store
 
 
 def _vec(kind, name: str, count: int = 3):
@@ -78,6 +79,7 @@ def _add_convert(sub) -> None:
     g.add_argument("--resume", action="store_true", help="finish an interrupted conversion")
     g.add_argument("--dry-run", action="store_true", help="print the planned scales and tasks; write nothing")
     g.add_argument("--quiet", action="store_true", help="no progress bar or notes")
+    _add_storage_args(p)
 
 
 def _cmd_convert(a) -> int:
@@ -90,7 +92,7 @@ def _cmd_convert(a) -> int:
         factor=a.factor, max_mips=a.max_mips, downsample=a.downsample, dtype=a.dtype, axes=a.axes,
         skip_empty=a.skip_empty, workers=a.workers, task_bytes=a.task_memory << 20 if a.task_memory else None,
         order_file=a.order, pad=a.pad or "", flip=a.flip or "", transpose=a.transpose,
-        overwrite=a.overwrite, resume=a.resume, quiet=a.quiet)
+        overwrite=a.overwrite, resume=a.resume, quiet=a.quiet, storage=_storage(a))
     res = convert(a.source, a.dest, opts, dry_run=a.dry_run)
     layer = res.layer
     if a.dry_run:
@@ -111,10 +113,11 @@ def _add_stats(sub) -> None:
     p = sub.add_parser("stats", help="per-scale size, chunks and stored bytes of a dataset")
     p.add_argument("dataset", help="folder of a precomputed dataset")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_storage_args(p)
 
 
 def _cmd_stats(a) -> int:
-    store = open_store(a.dataset)
+    store = open_store(a.dataset, _storage(a))
     info = read_info(store)
     rows = scale_rows(info, store)
     if a.json:
@@ -123,6 +126,70 @@ def _cmd_stats(a) -> int:
     else:
         print(f"{a.dataset}: {info.get('type')} {info.get('data_type')} x{info.get('num_channels')}")
         print(format_rows(rows))
+    return 0
+
+
+def _add_storage_args(p) -> None:
+    g = p.add_argument_group("storage (s3:// and gs:// URLs)")
+    g.add_argument("--endpoint-url", help="S3-compatible server, e.g. http://127.0.0.1:9000 (default: AWS)")
+    g.add_argument("--region", help="S3 region (default: from the profile or environment, else us-east-1)")
+    g.add_argument("--profile", help="AWS profile for credentials")
+    g.add_argument("--credentials", metavar="FILE",
+                   help='JSON credentials {"access_key": ..., "secret_key": ..., "region": ...} '
+                        "(for gs://: a service-account key file)")
+    g.add_argument("--anonymous", action="store_true", help="unsigned requests (public buckets)")
+
+
+def _storage(a) -> StorageOptions:
+    return StorageOptions(endpoint_url=a.endpoint_url, region=a.region, profile=a.profile,
+                          credentials_file=a.credentials, anonymous=a.anonymous)
+
+
+def _add_transfer(sub) -> None:
+    for name, what in (("upload", "copy a local dataset to s3://, gs:// or another folder; .gz files "
+                                  "become gzip-encoded objects"),
+                       ("download", "copy a dataset from s3://, gs:// or http(s):// to a local folder; "
+                                    "gzip-encoded objects become .gz files")):
+        p = sub.add_parser(name, help=what, description=what[0].upper() + what[1:] + ". The info object "
+                           "is written last, so an interrupted copy never looks complete.")
+        p.add_argument("source")
+        p.add_argument("dest")
+        p.add_argument("--skip-existing", action="store_true",
+                       help="skip objects whose exact key already exists at the destination")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        _add_storage_args(p)
+
+
+def _cmd_transfer(a) -> int:
+    from .transfer import download, upload
+
+    bar = TransferBar(a.command + "ing", quiet=a.quiet)
+    fn = upload if a.command == "upload" else download
+    try:
+        res = fn(a.source, a.dest, _storage(a), skip_existing=a.skip_existing, progress=bar)
+    finally:
+        bar.close()
+    if not a.quiet:
+        print(f"{a.command}ed {res.copied} objects ({res.copied_bytes / 1e6:.1f} MB), skipped {res.skipped} "
+              f"in {res.seconds:.1f} s: {res.source} -> {res.destination}", file=sys.stderr)
+    return 0
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run a conversion described by a JSON config file",
+                       description="Run a JSON config: the S3 slice workflow form (s3_bucket_name_for_download, "
+                                   "sorted_filename, ...) or the native form {source, dest, options, storage}. "
+                                   "See the README.")
+    p.add_argument("config")
+    p.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or notes")
+    _add_storage_args(p)
+
+
+def _cmd_run(a) -> int:
+    from .workflow import run_config
+
+    run_config(a.config, _storage(a), quiet=a.quiet, workers=a.workers)
     return 0
 
 
@@ -152,11 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_convert(sub)
     _add_stats(sub)
+    _add_transfer(sub)
+    _add_run(sub)
     _add_example(sub)
     return p
 
 
-COMMANDS = {"convert": _cmd_convert, "stats": _cmd_stats, "example": _cmd_example}
+COMMANDS = {"convert": _cmd_convert, "stats": _cmd_stats, "example": _cmd_example, "upload": _cmd_transfer,
+            "download": _cmd_transfer, "run": _cmd_run}
 
 
 def main(argv=None) -> int:

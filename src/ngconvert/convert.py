@@ -20,7 +20,7 @@ from .pyramid import choose_chunk_size, plan_factors
 from .sources import (UNIT_TO_NM, SliceOptions, SourceInfo, SourceRef, open_source, prepare, ref_for,
                       release)
 from .spec import DATA_TYPES, LAYER_TYPES, LayerSpec, dumps
-from .store import MemoryStore, Store, open_store
+from .store import MemoryStore, StorageOptions, Store, open_store
 from .survey import guess_layer_type, value_range
 from .tasks import run_task
 
@@ -54,6 +54,7 @@ class ConvertOptions:
     skip_empty: bool = False
     workers: int | None = None
     task_bytes: int | None = None
+    storage: StorageOptions | None = None     # how to reach s3:// and gs:// sources and destinations
     overwrite: bool = False
     resume: bool = False
     quiet: bool = False
@@ -349,7 +350,7 @@ def convert(source, dest, options: ConvertOptions | None = None, dry_run: bool =
     """
     opts = options or ConvertOptions()
     t0 = time.perf_counter()
-    store = open_store(dest)
+    store = open_store(dest, opts.storage)
     notes: list[str] = []
     ref = ref_for(source, opts.axes, SliceOptions(opts.order_file, opts.pad, opts.flip, opts.transpose))
 

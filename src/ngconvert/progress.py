@@ -36,3 +36,22 @@ class Progress:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class TransferBar:
+    """A progress display for transfers: the bar starts once the totals are known."""
+
+    def __init__(self, desc: str, quiet: bool = False):
+        self.desc, self.quiet = desc, quiet
+        self.progress: Progress | None = None
+
+    def start(self, total_objects: int, total_bytes: int) -> None:
+        self.progress = Progress(total_objects, self.desc, quiet=self.quiet)
+
+    def update(self, n: int = 1, nbytes: int = 0) -> None:
+        if self.progress is not None:
+            self.progress.update(n, nbytes)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
