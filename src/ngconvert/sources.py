@@ -389,7 +389,8 @@ def ref_for(source, axes: str = "xyz", slices: SliceOptions = SliceOptions()) ->
     """A reference for what the user gave: a path, a folder or pattern of slices, a list of
     slice files, or a numpy array."""
     if isinstance(source, (list, tuple)):
-        return _slice_ref([os.fspath(f) for f in source], "slice list", slices)
+        # a list of slice files in z order; None is an empty slice
+        return _slice_ref([None if f is None else os.fspath(f) for f in source], "slice list", slices)
     if isinstance(source, np.ndarray):
         array_id = f"a{id(source):x}"
         _ARRAYS[array_id] = source
@@ -443,7 +444,8 @@ def _slice_ref(files: list[str], origin: str, opts: SliceOptions) -> SourceRef:
                 text = f.read()
         except OSError as e:
             raise UserError(f"{opts.order_file}: cannot read the order file ({e.strerror or e})") from None
-        ordered = match_order(parse_order(text, opts.order_file), files, opts.order_file)
+        ordered = match_order(parse_order(text, opts.order_file), [f for f in files if f is not None],
+                              opts.order_file)
     for f in ordered:
         if f is not None and not os.access(f, os.R_OK):
             raise UserError(f"{f}: cannot read the slice; check that it exists and is readable")
