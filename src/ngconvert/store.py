@@ -1,58 +1,279 @@
-"""Key/value stores a dataset is written to.
+"""Key/value stores a dataset is written to and read from.
 
 Keys are ``/``-separated paths relative to the dataset root.  ``put`` takes the bytes
-as stored plus their ``Content-Encoding``: a file store keeps gzip-encoded objects as
-``KEY.gz`` (the layout nginx ``gzip_static``, cloud-volume and neuroglancer-scripts
-share), an object store would keep the key and send the header.  ``get`` undoes the
-encoding, so callers always see the decoded bytes.
+as stored plus their ``Content-Encoding``; ``get`` undoes the encoding, so callers always
+see the decoded bytes; ``get_raw`` returns the stored bytes and their encoding, which is
+what a transfer copies (nothing is decoded and encoded again).
+
+What each store does with ``Content-Encoding: gzip``:
+
+- :class:`FileStore` (a local folder) keeps the object as ``KEY.gz`` (the layout nginx
+  ``gzip_static``, cloud-volume and neuroglancer-scripts share);
+- :class:`MemoryStore` keeps the encoding beside the bytes;
+- object stores (:mod:`ngconvert.s3`, :mod:`ngconvert.gcs`) keep the object under the
+  exact KEY and set its ``Content-Encoding`` metadata, which is what the viewer and
+  tensorstore need;
+- :mod:`ngconvert.http_store` (read-only) reports the response's ``Content-Encoding``.
+
+:func:`open_store` picks the store for a URL: a plain path or ``file://``, ``s3://``,
+``gs://``, ``http(s)://``.  Network stores take a :class:`StorageOptions`.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
 import uuid
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple, TypeVar
 
 from .codecs import gzip_decompress
 from .errors import UserError
+from .retry import RetryPolicy
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+JSON_TYPE = "application/json"
+BINARY_TYPE = "application/octet-stream"
+
+
+class RawObject(NamedTuple):
+    """An object as stored: its bytes and their ``Content-Encoding`` (None: identity)."""
+
+    data: bytes
+    content_encoding: str | None
+
+
+@dataclass(frozen=True)
+class StoreItem:
+    """One object to write with :meth:`Store.put_many`."""
+
+    key: str
+    data: bytes
+    content_encoding: str | None = None
+    content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """How to reach a network store.  Every field is JSON-able (see :meth:`to_json`).
+
+    - ``endpoint_url``: an S3-compatible server (``http(s)://host:port``) instead of AWS
+      (default for ``s3://``: ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` from the
+      environment, as the AWS tools read them), or a GCS emulator for ``gs://``;
+    - ``region``: the S3 region (default: from the profile or the environment, else
+      ``us-east-1``);
+    - ``profile``: an AWS profile from ``~/.aws/credentials`` / ``~/.aws/config``;
+    - ``credentials_file``: for ``s3://`` a JSON file ``{"access_key": ..., "secret_key":
+      ..., "region": ...}`` (region optional); for ``gs://`` a service-account key file;
+    - ``anonymous``: unsigned requests (public buckets);
+    - ``max_in_flight``: requests sent at once by ``put_many``/``get_many`` and transfers;
+    - ``timeout``: seconds to connect and to wait for each read;
+    - ``retry_*``: the bounded backoff for transient failures (:class:`RetryPolicy`).
+
+    Without ``profile``, ``credentials_file`` or ``anonymous``, S3 credentials come from
+    the environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``,
+    the default profile, instance roles), as every AWS tool finds them.
+    """
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    credentials_file: str | None = None
+    anonymous: bool = False
+    max_in_flight: int = 32
+    timeout: float = 60.0
+    retry_tries: int = 8
+    retry_base_delay: float = 0.25
+    retry_max_delay: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.endpoint_url is not None and not self.endpoint_url.startswith(("http://", "https://")):
+            raise UserError(f"endpoint URL {self.endpoint_url!r} must start with http:// or https://, "
+                            "e.g. http://127.0.0.1:9000")
+        if self.anonymous and (self.profile or self.credentials_file):
+            raise UserError("anonymous access takes no credentials; drop --profile/--credentials "
+                            "or the anonymous option")
+        if self.profile and self.credentials_file:
+            raise UserError("give either an AWS profile or a credentials file, not both")
+        if self.max_in_flight < 1:
+            raise UserError(f"max_in_flight must be at least 1, not {self.max_in_flight}")
+        if self.timeout <= 0:
+            raise UserError(f"timeout must be positive, not {self.timeout}")
+        self.retry_policy()   # validates the retry fields
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.retry_tries, self.retry_base_delay, self.retry_max_delay)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "StorageOptions":
+        fields = {f.name: f.default for f in dataclasses.fields(cls)}
+        unknown = sorted(set(obj) - set(fields))
+        if unknown:
+            raise UserError(f"unknown storage option(s) {', '.join(unknown)}; "
+                            f"known: {', '.join(sorted(fields))}")
+        for name, value in obj.items():
+            _check_type(name, value, fields[name])
+        return cls(**obj)
+
+    def given(self) -> list[str]:
+        """The location/credential options set (used to refuse ones a store cannot use)."""
+        names = ("endpoint_url", "region", "profile", "credentials_file", "anonymous")
+        return [n for n in names if getattr(self, n)]
+
+
+def _check_type(name: str, value, default) -> None:
+    """A JSON value for an option whose default is ``default`` (None means text)."""
+    if default is None:
+        ok, kind = value is None or isinstance(value, str), "text or null"
+    elif isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    else:
+        ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    if not ok:
+        raise UserError(f"storage option {name} must be {kind}, not {value!r}")
+
+
+def content_type_for(key: str) -> str:
+    """``application/json`` for ``info`` and ``*.json`` keys, else ``application/octet-stream``."""
+    name = key.rsplit("/", 1)[-1]
+    return JSON_TYPE if name == "info" or name.endswith(".json") else BINARY_TYPE
+
+
+def normal_encoding(header: str | None) -> str | None:
+    """A ``Content-Encoding`` value as stores report it: lower case, None for identity."""
+    value = (header or "").strip().lower()
+    return None if value in ("", "identity") else value
+
+
+def decode(raw: RawObject, where: str) -> bytes:
+    """The decoded bytes of a stored object (gzip undone)."""
+    if normal_encoding(raw.content_encoding) is None:
+        return raw.data
+    if normal_encoding(raw.content_encoding) == "gzip":
+        try:
+            return gzip_decompress(raw.data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise UserError(f"{where} is marked Content-Encoding: gzip but is not valid gzip ({e}); "
+                            "re-upload it") from None
+    raise UserError(f"{where} has Content-Encoding {raw.content_encoding!r}, which ngconvert cannot "
+                    "decode (only gzip)")
+
+
+def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """``fn`` over ``items`` on ``workers`` threads, results in completion order.
+
+    At most ``2 * workers`` items are submitted ahead, so a long iterable is never held in
+    memory at once.  The first exception propagates; items not yet started are dropped.
+    """
+    if workers <= 1:
+        for item in items:
+            yield fn(item)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="ngconvert-io")
+    pending: set[Future] = set()
+    try:
+        for item in items:
+            if len(pending) >= 2 * workers:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield fut.result()
+            pending.add(pool.submit(fn, item))
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield fut.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Store:
+    """A flat key/value space under one dataset root (see the module docstring)."""
+
     url: str
+    #: requests ``put_many``/``get_many`` keep in flight (1: one after another)
+    max_in_flight: int = 1
 
     def put(self, key: str, data: bytes, content_encoding: str | None = None,
             content_type: str | None = None) -> None:
         raise NotImplementedError
 
-    def get(self, key: str) -> bytes | None:
+    def get_raw(self, key: str) -> RawObject | None:
+        """The object as stored (bytes and Content-Encoding), or None when absent."""
         raise NotImplementedError
 
+    def get(self, key: str) -> bytes | None:
+        """The decoded bytes (gzip undone), or None when absent."""
+        raw = self.get_raw(key)
+        return None if raw is None else decode(raw, self.describe(key))
+
     def exists(self, key: str) -> bool:
-        return self.get(key) is not None
+        return self.get_raw(key) is not None
 
     def delete(self, key: str) -> None:
         raise NotImplementedError
 
     def delete_prefix(self, prefix: str) -> None:
-        for key in list(self.list(prefix)):
+        for key in [k for k, _size in self.list(prefix)]:
             self.delete(key)
 
-    def list(self, prefix: str = ""):
-        """Stored keys under ``prefix`` (with any ``.gz`` suffix removed), with sizes."""
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """Stored keys under ``prefix`` (with any ``.gz`` suffix removed), with stored sizes."""
         raise NotImplementedError
 
     def is_empty(self) -> bool:
         return next(iter(self.list("")), None) is None
+
+    def clear(self) -> None:
+        """Remove every object under the root (used by ``--overwrite``)."""
+        self.delete_prefix("")
+
+    def check_writable(self) -> None:
+        """Raise a one-line :class:`UserError` unless objects can be written here."""
+        raise NotImplementedError
+
+    def check_readable(self) -> None:
+        """Raise a one-line :class:`UserError` unless the root can be read (and listed)."""
+        next(iter(self.list("")), None)
+
+    def put_many(self, items: Iterable[StoreItem]) -> int:
+        """Write every item, ``max_in_flight`` at a time; returns the bytes written."""
+        def one(item: StoreItem) -> int:
+            self.put(item.key, item.data, item.content_encoding, item.content_type)
+            return len(item.data)
+        return sum(parallel_map(one, items, self.max_in_flight))
+
+    def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes | None]]:
+        """``(key, decoded bytes or None)`` for every key, in completion order."""
+        return parallel_map(lambda k: (k, self.get(k)), keys, self.max_in_flight)
+
+    def describe(self, key: str) -> str:
+        """The full address of ``key``, for messages."""
+        return f"{self.url.rstrip('/')}/{key}"
 
 
 TMP_DIR = ".ngconvert/tmp"
 
 
 class FileStore(Store):
-    """A local folder.  Objects are written to a temporary name inside the dataset and
-    renamed into place, so a key is either absent or complete; temporaries left by a
-    killed run sit in ``.ngconvert/tmp`` and go when the run is finished."""
+    """A local folder.  A gzip-encoded object is the file ``KEY.gz`` (a key is stored in
+    exactly one form); ``get_raw`` returns those bytes with encoding ``gzip``.  Other
+    encodings cannot be represented and are refused.
+
+    Objects are written to a temporary name inside the dataset and renamed into place, so
+    a key is either absent or complete; temporaries left by a killed run sit in
+    ``.ngconvert/tmp`` and go when the run is finished."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -69,6 +290,9 @@ class FileStore(Store):
             self._made.add(parent)
 
     def put(self, key, data, content_encoding=None, content_type=None):
+        if content_encoding not in (None, "gzip"):
+            raise UserError(f"{self.describe(key)}: Content-Encoding {content_encoding!r} cannot be "
+                            "kept in a folder (only gzip, as KEY.gz)")
         path = self._path(key + ".gz" if content_encoding == "gzip" else key)
         self._ensure_dir(path)
         tmpdir = self.root / TMP_DIR
@@ -84,13 +308,13 @@ class FileStore(Store):
         if other.exists():
             other.unlink()
 
-    def get(self, key):
+    def get_raw(self, key):
         path = self._path(key)
         if path.is_file():
-            return path.read_bytes()
+            return RawObject(path.read_bytes(), None)
         gz = self._path(key + ".gz")
         if gz.is_file():
-            return gzip_decompress(gz.read_bytes())
+            return RawObject(gz.read_bytes(), "gzip")
         return None
 
     def exists(self, key):
@@ -145,9 +369,19 @@ class FileStore(Store):
             raise UserError(f"destination {self.root} is not writable ({e.strerror or e}); "
                             "choose another folder or fix its permissions") from None
 
+    def check_readable(self) -> None:
+        if not self.root.is_dir():
+            raise UserError(f"{self.root} is not a folder; give the folder of a precomputed dataset")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise UserError(f"{self.root} is not readable; fix its permissions")
+
+    def describe(self, key: str) -> str:
+        return str(self._path(key))
+
 
 class MemoryStore(Store):
-    """An in-memory store (for tests and Python callers); values kept as stored."""
+    """An in-memory store (for tests and Python callers); values kept as stored, with
+    their Content-Encoding beside them."""
 
     def __init__(self, url: str = "memory://"):
         self.url = url
@@ -156,12 +390,9 @@ class MemoryStore(Store):
     def put(self, key, data, content_encoding=None, content_type=None):
         self.objects[key] = (bytes(data), content_encoding)
 
-    def get(self, key):
+    def get_raw(self, key):
         item = self.objects.get(key)
-        if item is None:
-            return None
-        data, enc = item
-        return gzip_decompress(data) if enc == "gzip" else data
+        return None if item is None else RawObject(*item)
 
     def delete(self, key):
         self.objects.pop(key, None)
@@ -178,15 +409,23 @@ class MemoryStore(Store):
         pass
 
 
-def open_store(url: str | os.PathLike | Store) -> Store:
-    """A store for a destination: a plain path, ``file://`` URL or a Store instance."""
+def _refuse_options(options: StorageOptions, url: str, allowed: set[str]) -> None:
+    extra = [n for n in options.given() if n not in allowed]
+    if extra:
+        names = ", ".join(n.replace("_", "-") for n in extra)
+        raise UserError(f"{url}: the option(s) {names} do not apply to this kind of location")
+
+
+def open_store(url: str | os.PathLike | Store, options: StorageOptions | None = None) -> Store:
+    """The store for ``url``: a :class:`Store` instance (returned as it is), a plain path
+    or ``file://`` URL (:class:`FileStore`), ``s3://bucket/prefix`` (S3Store),
+    ``gs://bucket/prefix`` (GCSStore) or ``http(s)://...`` (read-only HTTPStore)."""
     if isinstance(url, Store):
         return url
+    options = options or StorageOptions()
     text = os.fspath(url)
-    if text.startswith("file://"):
-        return FileStore(text[len("file://"):])
-    if "://" in text:
-        scheme = text.split("://", 1)[0]
-        raise UserError(f"destination {text}: {scheme}:// storage is not supported yet; "
-                        "write to a local folder and upload it")
-    return FileStore(text)
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme in ("", "file"):
+        _refuse_options(options, text, set())
+        return FileStore(text[len("file://"):] if scheme else text)
+    raise UserError(f"{text}: {scheme}:// storage is not supported yet; write to a local folder")
