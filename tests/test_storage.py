@@ -1,18 +1,25 @@
-"""Stores: options, content types, the file and memory stores' raw access, batched puts and
-gets, and the retry policy."""
+"""Stores: options, content types, the file and memory stores' raw access, and the S3
+store against a real server on 127.0.0.1 (moto's standalone server, see s3server.py)."""
 from __future__ import annotations
 
 import gzip
 import json
+import multiprocessing as mp
+import pickle
 import threading
 import time
+import uuid
+from functools import partial
 
 import pytest
 
 from ngconvert.errors import UserError
-from ngconvert.retry import RetryPolicy
+from ngconvert.retry import RetryPolicy, StorageUnavailable
 from ngconvert.store import (FileStore, MemoryStore, RawObject, StorageOptions, StoreItem,
-                             content_type_for, parallel_map)
+                             content_type_for, open_store, parallel_map)
+from s3server import FlakyProxy, MotoServer, always, closed_port, every, first
+
+pytest_plugins = ("s3server",)   # its fixtures, registered once for the whole session
 
 CHUNK = "8_8_40/0-64_0-64_0-16"
 FAST = dict(retry_base_delay=0.001, retry_max_delay=0.01)
@@ -123,3 +130,255 @@ def test_retry_policy_backoff_is_bounded_and_jittered():
     assert all(0 <= d <= min(4.0, 0.5 * 2 ** a) for a, ds in enumerate(delays) for d in ds)
     assert max(delays[6]) > 3.0 and len(set(delays[6])) > 100    # capped, and jittered
     assert p.for_probe().tries == 3
+
+
+# -- S3 against a real server (moto) ----------------------------------------------------
+
+def s3_store(server: MotoServer, bucket_name: str, prefix: str = "data/vol", **kw):
+    return open_store(f"s3://{bucket_name}/{prefix}", StorageOptions(endpoint_url=server.url, **kw))
+
+
+def test_s3_put_get_list_delete_and_metadata(moto_server, bucket):
+    s = s3_store(moto_server, bucket)
+    s.check_writable()
+    s.check_readable()
+    assert s.is_empty()
+    packed = gzip.compress(b"\x01\x02" * 500)
+    info = b'{"type": "image"}'
+    s.put("info", info)
+    s.put(CHUNK, packed, content_encoding="gzip")
+    s.put("8_8_40/64-128_0-64_0-16", b"plain chunk")
+
+    client = moto_server.client()
+    head = client.head_object(Bucket=bucket, Key=f"data/vol/{CHUNK}")
+    assert head["ContentEncoding"] == "gzip"
+    assert head["ContentType"] == "application/octet-stream"
+    assert head["ContentLength"] == len(packed)
+    assert client.get_object(Bucket=bucket, Key=f"data/vol/{CHUNK}")["Body"].read() == packed
+    head = client.head_object(Bucket=bucket, Key="data/vol/info")
+    assert head["ContentType"] == "application/json" and "ContentEncoding" not in head
+    head = client.head_object(Bucket=bucket, Key="data/vol/8_8_40/64-128_0-64_0-16")
+    assert "ContentEncoding" not in head
+
+    assert s.get("info") == info
+    assert s.get(CHUNK) == b"\x01\x02" * 500
+    assert s.get_raw(CHUNK) == RawObject(packed, "gzip")
+    assert s.get_raw("8_8_40/64-128_0-64_0-16") == (b"plain chunk", None)
+    assert s.get("missing") is None and s.get_raw("missing") is None
+    assert s.exists("info") and not s.exists("missing")
+    assert dict(s.list()) == {"info": len(info), CHUNK: len(packed),
+                              "8_8_40/64-128_0-64_0-16": 11}
+    assert [k for k, _ in s.list("8_8_40/")] == [CHUNK, "8_8_40/64-128_0-64_0-16"]
+    assert not s.is_empty()
+
+    s.delete(CHUNK)
+    s.delete(CHUNK)                   # deleting an absent key is not an error
+    assert not s.exists(CHUNK)
+    s.delete_prefix("8_8_40/")
+    assert [k for k, _ in s.list()] == ["info"]
+    s.clear()
+    assert s.is_empty()
+
+
+def test_s3_explicit_content_type_and_json_keys(moto_server, bucket):
+    s = s3_store(moto_server, bucket, prefix="")
+    s.put("transform.json", b"{}")
+    s.put("blob", b"x", content_type="text/plain")
+    client = moto_server.client()
+    assert client.head_object(Bucket=bucket, Key="transform.json")["ContentType"] == "application/json"
+    assert client.head_object(Bucket=bucket, Key="blob")["ContentType"] == "text/plain"
+    assert dict(s.list()) == {"transform.json": 2, "blob": 1}
+
+
+def test_s3_prefix_is_a_folder_not_a_string_prefix(moto_server, bucket):
+    client = moto_server.client()
+    client.put_object(Bucket=bucket, Key="data/vol2/info", Body=b"other dataset")
+    client.put_object(Bucket=bucket, Key="data/volume", Body=b"a file beside")
+    s = s3_store(moto_server, bucket)
+    assert s.is_empty()
+    s.put("info", b"{}")
+    s.clear()
+    assert sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]) == \
+        ["data/vol2/info", "data/volume"]
+
+
+def test_s3_listing_and_deleting_more_than_one_page(moto_server, bucket):
+    s = s3_store(moto_server, bucket, max_in_flight=16)
+    n = 1234
+    s.put_many(StoreItem(f"c/{i}", b"x") for i in range(n))
+    assert sorted(k for k, _ in s.list("c/")) == sorted(f"c/{i}" for i in range(n))
+    got = dict(s.get_many([f"c/{i}" for i in range(0, n, 100)] + ["c/none"]))
+    assert got["c/none"] is None and got["c/1200"] == b"x" and len(got) == 14
+    s.delete_prefix("c/")
+    assert s.is_empty()
+
+
+def test_s3_store_survives_pickle_and_fork(moto_server, bucket):
+    s = s3_store(moto_server, bucket)
+    s.put("a", b"1")                    # the parent has a client now
+    clone = pickle.loads(pickle.dumps(s))
+    assert clone.get("a") == b"1"
+    ctx = mp.get_context("fork")
+    with ctx.Pool(2) as pool:
+        pool.map(partial(_put_in_worker, s), range(4))
+    assert sorted(k for k, _ in s.list("w/")) == [f"w/{i}" for i in range(4)]
+
+
+def _put_in_worker(store, i):
+    store.put(f"w/{i}", str(i).encode())
+
+
+def test_s3_missing_bucket_is_one_line(moto_server):
+    s = s3_store(moto_server, "no-such-bucket-here")
+    for check in (s.check_writable, s.check_readable, lambda: s.get("info"),
+                  lambda: s.put("info", b"{}"), lambda: list(s.list())):
+        with pytest.raises(UserError, match="bucket 'no-such-bucket-here' does not exist") as e:
+            check()
+        assert moto_server.url in one_line(e)
+
+
+def test_s3_unreachable_endpoint_fails_fast_with_one_line(s3_env):
+    port = closed_port()
+    s = open_store("s3://bkt/x", StorageOptions(endpoint_url=f"http://127.0.0.1:{port}"))
+    t0 = time.monotonic()
+    for check in (s.check_writable, s.check_readable):
+        with pytest.raises(StorageUnavailable, match=f"cannot reach http://127.0.0.1:{port}") as e:
+            check()
+        assert "--endpoint-url" in one_line(e)
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(StorageUnavailable, match="after 2 tries"):
+        open_store("s3://bkt/x", StorageOptions(endpoint_url=f"http://127.0.0.1:{port}",
+                                                retry_tries=2, **FAST)).get("info")
+
+
+# -- credentials: a second moto server that checks them --------------------------------
+
+@pytest.fixture(scope="module")
+def auth_server(s3_env):
+    """A moto server that authenticates every request after the first five (used to make
+    two users and their keys): one allowed everything on S3, one allowed nothing."""
+    server = MotoServer(env={"INITIAL_NO_AUTH_ACTION_COUNT": "5"}).start()
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=server.url, region_name="us-east-1")
+    iam.create_user(UserName="writer")
+    iam.put_user_policy(UserName="writer", PolicyName="s3", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    writer = iam.create_access_key(UserName="writer")["AccessKey"]
+    iam.create_user(UserName="nobody")
+    powerless = iam.create_access_key(UserName="nobody")["AccessKey"]
+    server.client(aws_access_key_id=writer["AccessKeyId"],
+                  aws_secret_access_key=writer["SecretAccessKey"]).create_bucket(Bucket="locked")
+    yield server, writer, powerless
+    server.stop()
+
+
+def creds_file(tmp_path, key, secret, **extra) -> str:
+    path = tmp_path / f"creds-{uuid.uuid4().hex[:6]}.json"
+    path.write_text(json.dumps({"access_key": key, "secret_key": secret, **extra}))
+    return str(path)
+
+
+def test_s3_credentials_file_is_used(auth_server, tmp_path):
+    server, writer, _ = auth_server
+    path = creds_file(tmp_path, writer["AccessKeyId"], writer["SecretAccessKey"], region="us-east-1")
+    s = open_store("s3://locked/p", StorageOptions(endpoint_url=server.url, credentials_file=path))
+    s.check_writable()
+    s.put("info", b"{}")
+    assert s.get("info") == b"{}"
+
+
+def test_s3_wrong_credentials_are_one_line(auth_server, tmp_path):
+    server, writer, powerless = auth_server
+    cases = [(creds_file(tmp_path, "AKIANOSUCHKEY0000000", "x"), "rejected the credentials file"),
+             (creds_file(tmp_path, writer["AccessKeyId"], "wrong-secret"), "SignatureDoesNotMatch"),
+             (creds_file(tmp_path, powerless["AccessKeyId"], powerless["SecretAccessKey"]),
+              "access denied")]
+    for path, match in cases:
+        s = open_store("s3://locked/p", StorageOptions(endpoint_url=server.url, credentials_file=path))
+        with pytest.raises(UserError, match=match) as e:
+            s.check_writable()
+        one_line(e)
+        with pytest.raises(UserError, match=match):
+            s.put("info", b"{}")
+    # the environment's dummy keys are unknown to this server
+    with pytest.raises(UserError, match="rejected the credentials from the environment") as e:
+        open_store("s3://locked/p", StorageOptions(endpoint_url=server.url)).check_readable()
+    assert "AWS_ACCESS_KEY_ID" in one_line(e)
+
+
+def test_s3_profile_is_used(auth_server, tmp_path, monkeypatch):
+    server, writer, _ = auth_server
+    config = tmp_path / "credentials"
+    config.write_text(f"[lab]\naws_access_key_id = {writer['AccessKeyId']}\n"
+                      f"aws_secret_access_key = {writer['SecretAccessKey']}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(config))
+    s = open_store("s3://locked/q", StorageOptions(endpoint_url=server.url, profile="lab"))
+    s.check_writable()
+    with pytest.raises(UserError, match="AWS profile 'nope' is not in") as e:
+        open_store("s3://locked/q", StorageOptions(endpoint_url=server.url, profile="nope"))
+    one_line(e)
+
+
+def test_bad_credentials_files_are_one_line(tmp_path, s3_env):
+    bad = {"missing.json": None, "notjson.json": "{", "list.json": "[]",
+           "nokey.json": json.dumps({"secret_key": "s"}),
+           "typo.json": json.dumps({"access_key": "a", "secret_key": "s", "regoin": "x"})}
+    for name, text in bad.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        with pytest.raises(UserError) as e:
+            open_store("s3://b/p", StorageOptions(credentials_file=str(tmp_path / name)))
+        assert name in one_line(e)
+
+
+# -- retries through a misbehaving proxy --------------------------------------------------
+
+def test_s3_transient_503_is_retried_then_succeeds(moto_server, bucket):
+    with FlakyProxy(moto_server.port, first(5)) as proxy:
+        s = s3_store(proxy, bucket, **FAST)
+        s.put(CHUNK, gzip.compress(b"abc"), content_encoding="gzip")
+        assert proxy.seen == 6 and proxy.failed == 5
+        assert s.get(CHUNK) == b"abc"
+    assert s3_store(moto_server, bucket).get(CHUNK) == b"abc"
+
+
+@pytest.mark.parametrize("status,code", [(500, "InternalError"), (429, "TooManyRequests"),
+                                         (0, "connection reset")])
+def test_s3_other_transient_failures_are_retried(moto_server, bucket, status, code):
+    with FlakyProxy(moto_server.port, every(2), status=status, code=code) as proxy:
+        s = s3_store(proxy, bucket, **FAST)
+        s.put_many(StoreItem(f"k/{i}", bytes([i])) for i in range(10))
+        assert dict(s.get_many([f"k/{i}" for i in range(10)])) == {f"k/{i}": bytes([i]) for i in range(10)}
+        assert sorted(k for k, _ in s.list("k/")) == sorted(f"k/{i}" for i in range(10))
+        assert proxy.failed > 10
+
+
+def test_s3_permanent_failure_gives_up_after_bounded_tries(moto_server, bucket):
+    with FlakyProxy(moto_server.port, always) as proxy:
+        s = s3_store(proxy, bucket, retry_tries=5, **FAST)
+        with pytest.raises(StorageUnavailable) as e:
+            s.put(CHUNK, b"x")
+        msg = one_line(e)
+        assert f"PUT s3://{bucket}/data/vol/{CHUNK} failed 5 times" in msg
+        assert "503 SlowDown" in msg
+        assert proxy.seen == 5
+        with pytest.raises(StorageUnavailable, match="GET .*info failed 5 times"):
+            s.get("info")
+
+
+def test_s3_client_errors_are_not_retried(moto_server, bucket):
+    with FlakyProxy(moto_server.port, always, status=400, code="InvalidArgument",
+                    message="bad request") as proxy:
+        s = s3_store(proxy, bucket, **FAST)
+        with pytest.raises(UserError, match="400 InvalidArgument") as e:
+            s.put("k", b"x")
+        assert not isinstance(e.value, StorageUnavailable) and proxy.seen == 1
+
+
+def test_s3_endpoint_from_environment(moto_server, bucket, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.url)
+    s = open_store(f"s3://{bucket}/env")
+    s.put("info", b"{}")
+    assert moto_server.client().get_object(Bucket=bucket, Key="env/info")["Body"].read() == b"{}"

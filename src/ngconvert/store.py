@@ -409,6 +409,15 @@ class MemoryStore(Store):
         pass
 
 
+def split_bucket_url(url: str, scheme: str) -> tuple[str, str]:
+    """``("bucket", "prefix/inside")`` for ``scheme://bucket/prefix/inside/``."""
+    rest = url[len(scheme) + 3:]
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise UserError(f"{url}: no bucket name; write {scheme}://BUCKET/PATH")
+    return bucket, prefix.strip("/")
+
+
 def _refuse_options(options: StorageOptions, url: str, allowed: set[str]) -> None:
     extra = [n for n in options.given() if n not in allowed]
     if extra:
@@ -428,4 +437,7 @@ def open_store(url: str | os.PathLike | Store, options: StorageOptions | None = 
     if scheme in ("", "file"):
         _refuse_options(options, text, set())
         return FileStore(text[len("file://"):] if scheme else text)
-    raise UserError(f"{text}: {scheme}:// storage is not supported yet; write to a local folder")
+    if scheme == "s3":
+        from .s3 import S3Store
+        return S3Store(text, options)
+    raise UserError(f"{text}: {scheme}:// locations are not supported; use a local folder or s3://")
