@@ -1,8 +1,10 @@
-"""Stores: options, content types, the file and memory stores' raw access, and the S3
-store against a real server on 127.0.0.1 (moto's standalone server, see s3server.py)."""
+"""Stores: options and URLs, the file store's raw access, and the network stores against
+real servers on 127.0.0.1: S3 (moto's standalone server, see s3server.py), GCS
+(gcp-storage-emulator) and plain HTTP (http.server)."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import multiprocessing as mp
 import pickle
@@ -10,6 +12,8 @@ import threading
 import time
 import uuid
 from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +59,36 @@ def test_storage_options_json_round_trip_and_validation(tmp_path):
         StorageOptions(max_in_flight=0)
     with pytest.raises(UserError, match="tries"):
         StorageOptions(retry_tries=0)
+
+
+def test_open_store_picks_the_store_for_each_url(tmp_path, s3_env):
+    from ngconvert.gcs import GCSStore
+    from ngconvert.http_store import HTTPStore
+    from ngconvert.s3 import S3Store
+
+    assert isinstance(open_store(tmp_path / "a"), FileStore)
+    f = open_store(f"file://{tmp_path}/b")
+    assert isinstance(f, FileStore) and f.root == tmp_path / "b"
+    s = open_store("s3://my-bucket/some/prefix/", StorageOptions(endpoint_url="http://127.0.0.1:1"))
+    assert isinstance(s, S3Store) and (s.bucket, s.prefix, s.url) == ("my-bucket", "some/prefix",
+                                                                     "s3://my-bucket/some/prefix")
+    assert open_store("s3://my-bucket").prefix == ""
+    g = open_store("gs://gbucket/x/y", StorageOptions(anonymous=True))
+    assert isinstance(g, GCSStore) and (g.bucket, g.prefix) == ("gbucket", "x/y")
+    h = open_store("https://example.org/data/vol/")
+    assert isinstance(h, HTTPStore) and h.url == "https://example.org/data/vol"
+    mem = MemoryStore()
+    assert open_store(mem) is mem
+    for url, match in [("ftp://x/y", "not supported"), ("s3:///path", "no bucket"),
+                       ("gs://", "no bucket")]:
+        with pytest.raises(UserError, match=match):
+            open_store(url)
+    with pytest.raises(UserError, match="endpoint-url"):
+        open_store(tmp_path / "c", StorageOptions(endpoint_url="http://127.0.0.1:1"))
+    with pytest.raises(UserError, match="profile"):
+        open_store("gs://b/p", StorageOptions(profile="lab"))
+    with pytest.raises(UserError, match="region"):
+        open_store("http://127.0.0.1:1/x", StorageOptions(region="us-east-1"))
 
 
 def test_content_types():
@@ -382,3 +416,158 @@ def test_s3_endpoint_from_environment(moto_server, bucket, monkeypatch):
     s = open_store(f"s3://{bucket}/env")
     s.put("info", b"{}")
     assert moto_server.client().get_object(Bucket=bucket, Key="env/info")["Body"].read() == b"{}"
+
+
+# -- GCS against gcp-storage-emulator ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gcs_server():
+    emulator = pytest.importorskip("gcp_storage_emulator.server")
+    from s3server import free_port
+
+    port = free_port()
+    server = emulator.create_server("127.0.0.1", port, in_memory=True)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project="test", credentials=AnonymousCredentials(),
+                            client_options={"api_endpoint": gcs_server})
+    name = f"g-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(name)
+    return client.bucket(name)
+
+
+def test_gcs_put_get_list_delete_and_metadata(gcs_server, gcs_bucket):
+    opts = StorageOptions(endpoint_url=gcs_server, anonymous=True)
+    s = open_store(f"gs://{gcs_bucket.name}/data/vol", opts)
+    s.check_writable()
+    s.check_readable()
+    assert s.is_empty()
+    packed = gzip.compress(b"\x05" * 1000)
+    s.put("info", b'{"a": 1}')
+    s.put(CHUNK, packed, content_encoding="gzip")
+    blob = gcs_bucket.get_blob(f"data/vol/{CHUNK}")
+    assert (blob.content_encoding, blob.content_type) == ("gzip", "application/octet-stream")
+    blob = gcs_bucket.get_blob("data/vol/info")
+    assert (blob.content_encoding, blob.content_type) == (None, "application/json")
+    assert s.get_raw(CHUNK) == RawObject(packed, "gzip")
+    assert s.get(CHUNK) == b"\x05" * 1000 and s.get("info") == b'{"a": 1}'
+    assert s.get("missing") is None and s.exists("info") and not s.exists("missing")
+    assert dict(s.list()) == {"info": 8, CHUNK: len(packed)}
+    s.put_many(StoreItem(f"c/{i}", b"z") for i in range(30))
+    assert len(dict(s.get_many(f"c/{i}" for i in range(30)))) == 30
+    s.delete(CHUNK)
+    s.delete(CHUNK)
+    s.delete_prefix("c/")
+    assert [k for k, _ in s.list()] == ["info"]
+    s.clear()
+    assert s.is_empty()
+
+
+def test_gcs_missing_bucket_and_unreachable_endpoint(gcs_server):
+    s = open_store("gs://no-such-gcs-bucket/x", StorageOptions(endpoint_url=gcs_server, anonymous=True))
+    for check in (s.check_writable, s.check_readable):
+        with pytest.raises(UserError, match="bucket 'no-such-gcs-bucket' does not exist") as e:
+            check()
+        one_line(e)
+    port = closed_port()
+    s = open_store("gs://b/x", StorageOptions(endpoint_url=f"http://127.0.0.1:{port}", anonymous=True))
+    with pytest.raises(StorageUnavailable, match=f"cannot reach http://127.0.0.1:{port}") as e:
+        s.check_writable()
+    one_line(e)
+
+
+def test_gcs_bad_key_file_is_one_line(tmp_path):
+    (tmp_path / "key.json").write_text("{}")
+    with pytest.raises(UserError, match="service-account key file") as e:
+        open_store("gs://b/x", StorageOptions(credentials_file=str(tmp_path / "key.json")))
+    one_line(e)
+
+
+# -- HTTP against http.server -------------------------------------------------------------
+
+class GzipStaticHandler(SimpleHTTPRequestHandler):
+    """Serves ``KEY`` from ``KEY.gz`` with ``Content-Encoding: gzip`` (nginx gzip_static);
+    the first ``fail`` requests of the server get a 503."""
+
+    def log_message(self, *args):
+        pass
+
+    def send_head(self):
+        self.server.requests += 1
+        if self.server.requests <= self.server.fail:
+            self.send_error(503, "busy")
+            return None
+        path = Path(self.translate_path(self.path))
+        gz = path.with_name(path.name + ".gz")
+        if not path.is_file() and gz.is_file():
+            data = gz.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            return io.BytesIO(data)
+        return super().send_head()
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(GzipStaticHandler, directory=str(root)))
+    server.requests, server.fail = 0, 0
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, root
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_http_store_reads_gzip_and_404(http_server):
+    server, root = http_server
+    files = FileStore(root / "vol")
+    packed = gzip.compress(b"voxels" * 100)
+    files.put(CHUNK, packed, content_encoding="gzip")
+    files.put("info", b'{"x": 1}')
+    url = f"http://127.0.0.1:{server.server_address[1]}/vol"
+    s = open_store(url)
+    s.check_readable()
+    assert s.get("info") == b'{"x": 1}'
+    assert s.get(CHUNK) == b"voxels" * 100
+    assert s.get_raw(CHUNK) == RawObject(packed, "gzip")
+    assert s.get_raw("info") == (b'{"x": 1}', None)
+    assert s.get("8_8_40/missing") is None and s.get_raw("nothing") is None
+    assert s.exists("info") and not s.exists("nothing")
+    assert dict(s.get_many(["info", "nothing"])) == {"info": b'{"x": 1}', "nothing": None}
+    for write in (lambda: s.put("k", b"x"), s.check_writable, s.clear, lambda: s.delete("info")):
+        with pytest.raises(UserError, match="read-only") as e:
+            write()
+        one_line(e)
+    with pytest.raises(UserError, match="cannot list"):
+        list(s.list())
+    with pytest.raises(UserError, match="info was not found"):
+        open_store(url + "/nope").check_readable()
+
+
+def test_http_store_retries_and_gives_up(http_server):
+    server, root = http_server
+    FileStore(root / "vol").put("info", b"{}")
+    url = f"http://127.0.0.1:{server.server_address[1]}/vol"
+    server.fail = 3
+    assert open_store(url, StorageOptions(**FAST)).get("info") == b"{}"
+    assert server.requests == 4
+    server.requests, server.fail = 0, 10 ** 6
+    with pytest.raises(StorageUnavailable, match="GET .*/vol/info failed 4 times") as e:
+        open_store(url, StorageOptions(retry_tries=4, **FAST)).get("info")
+    one_line(e)
+    with pytest.raises(StorageUnavailable, match="cannot reach"):
+        open_store(f"http://127.0.0.1:{closed_port()}/x", StorageOptions(**FAST)).check_readable()

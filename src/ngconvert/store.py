@@ -409,6 +409,29 @@ class MemoryStore(Store):
         pass
 
 
+class ReadOnlyStore(Store):
+    """Base of stores that can only be read: every write is a one-line UserError."""
+
+    def _refuse(self) -> UserError:
+        return UserError(f"{self.url} is read-only (plain HTTP cannot be written); "
+                         "write to a local folder, s3:// or gs:// instead")
+
+    def put(self, key, data, content_encoding=None, content_type=None):
+        raise self._refuse()
+
+    def delete(self, key):
+        raise self._refuse()
+
+    def delete_prefix(self, prefix):
+        raise self._refuse()
+
+    def clear(self) -> None:
+        raise self._refuse()
+
+    def check_writable(self) -> None:
+        raise self._refuse()
+
+
 def split_bucket_url(url: str, scheme: str) -> tuple[str, str]:
     """``("bucket", "prefix/inside")`` for ``scheme://bucket/prefix/inside/``."""
     rest = url[len(scheme) + 3:]
@@ -440,4 +463,13 @@ def open_store(url: str | os.PathLike | Store, options: StorageOptions | None = 
     if scheme == "s3":
         from .s3 import S3Store
         return S3Store(text, options)
-    raise UserError(f"{text}: {scheme}:// locations are not supported; use a local folder or s3://")
+    if scheme == "gs":
+        _refuse_options(options, text, {"endpoint_url", "credentials_file", "anonymous"})
+        from .gcs import GCSStore
+        return GCSStore(text, options)
+    if scheme in ("http", "https"):
+        _refuse_options(options, text, {"anonymous"})
+        from .http_store import HTTPStore
+        return HTTPStore(text, options)
+    raise UserError(f"{text}: {scheme}:// locations are not supported; use a local folder, "
+                    "s3://, gs:// or http(s)://")
