@@ -1,0 +1,135 @@
+"""Copy a finished precomputed dataset between stores: upload, download, store to store.
+
+Objects are copied as stored, never decoded and encoded again: a ``KEY.gz`` file on disk
+becomes the object ``KEY`` with ``Content-Encoding: gzip`` on S3/GCS, and such an object
+becomes ``KEY.gz`` again on download (see :mod:`ngconvert.store`).
+
+Order and safety:
+
+- the source is listed once; it must hold ``info`` (a finished dataset); the scratch
+  folder of an unfinished conversion (``.ngconvert/``) and folder placeholder objects
+  (keys ending in ``/``) are never copied;
+- an ``info`` already at the destination is deleted first and the new ``info`` is written
+  last, after every other object arrived, so a half-finished copy never looks complete;
+- ``skip_existing`` builds the set of destination keys from ONE listing of the
+  destination and skips exactly those keys (``a/1`` is not skipped because ``a/10``
+  exists); ``info`` is always copied;
+- objects are copied ``workers`` at a time (default: the stores' ``max_in_flight``).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from .errors import UserError
+from .plan import SCRATCH
+from .store import FileStore, StorageOptions, Store, content_type_for, open_store, parallel_map
+
+INFO = "info"
+
+
+class TransferProgress(Protocol):
+    """What a progress display gets: the totals once, then one update per object."""
+
+    def start(self, total_objects: int, total_bytes: int) -> None: ...
+
+    def update(self, n: int = 1, nbytes: int = 0) -> None: ...
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    source: str
+    destination: str
+    copied: int          # objects written (info included)
+    copied_bytes: int    # their stored (possibly gzipped) size
+    skipped: int         # objects already at the destination (skip_existing)
+    skipped_bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Plan:
+    todo: list[str]                 # keys to copy before info, in a stable order
+    sizes: dict[str, int]           # stored size of every source key
+    skipped: list[str]
+    info_at_destination: bool
+
+
+def _plan(src: Store, dst: Store, skip_existing: bool) -> _Plan:
+    sizes = {k: s for k, s in src.list("") if not _ignored(k)}
+    if INFO not in sizes:
+        raise UserError(f"{src.url} holds no 'info' object, so it is not a finished precomputed "
+                        "dataset; finish the conversion first (ngconvert convert --resume)")
+    existing = {k for k, _s in dst.list("")} if skip_existing else set()
+    rest = sorted(k for k in sizes if k != INFO)
+    skipped = [k for k in rest if k in existing]
+    todo = [k for k in rest if k not in existing]
+    info_there = INFO in existing if skip_existing else dst.exists(INFO)
+    return _Plan(todo, sizes, skipped, info_there)
+
+
+def _ignored(key: str) -> bool:
+    """Scratch of an unfinished conversion, and "folder" placeholder objects (``a/``) that
+    consoles create in buckets: neither is part of a dataset."""
+    return key.startswith(SCRATCH + "/") or key.endswith("/")
+
+
+def copy_dataset(src: Store, dst: Store, skip_existing: bool = False, workers: int | None = None,
+                 progress: TransferProgress | None = None) -> TransferResult:
+    """Copy every object of the dataset in ``src`` to ``dst`` (see the module docstring)."""
+    t0 = time.perf_counter()
+    src.check_readable()
+    dst.check_writable()
+    plan = _plan(src, dst, skip_existing)
+    workers = workers or max(src.max_in_flight, dst.max_in_flight)
+    if progress is not None:
+        progress.start(len(plan.todo) + 1, sum(plan.sizes[k] for k in plan.todo) + plan.sizes[INFO])
+    if plan.info_at_destination:
+        dst.delete(INFO)
+
+    def copy_one(key: str) -> int:
+        nbytes = _copy_object(src, dst, key)
+        if progress is not None:
+            progress.update(1, nbytes)
+        return nbytes
+
+    copied_bytes = sum(parallel_map(copy_one, plan.todo, workers))
+    copied_bytes += copy_one(INFO)
+    return TransferResult(src.url, dst.url, len(plan.todo) + 1, copied_bytes, len(plan.skipped),
+                          sum(plan.sizes[k] for k in plan.skipped), time.perf_counter() - t0)
+
+
+def _copy_object(src: Store, dst: Store, key: str) -> int:
+    raw = src.get_raw(key)
+    if raw is None:
+        raise UserError(f"{src.describe(key)} disappeared during the copy; is another process "
+                        "changing the source? Run again (with --skip-existing to resume)")
+    dst.put(key, raw.data, content_encoding=raw.content_encoding, content_type=content_type_for(key))
+    return len(raw.data)
+
+
+def _local_store(path: str | os.PathLike, role: str) -> FileStore:
+    store = open_store(path)
+    if not isinstance(store, FileStore):
+        raise UserError(f"{role} {os.fspath(path)} must be a local folder")
+    return store
+
+
+def upload(src_dir: str | os.PathLike, dest_url: str, options: StorageOptions | None = None,
+           skip_existing: bool = False, workers: int | None = None,
+           progress: TransferProgress | None = None) -> TransferResult:
+    """Upload the dataset in the local folder ``src_dir`` to ``dest_url`` (``s3://``,
+    ``gs://`` or another folder); ``.gz`` files become gzip-encoded objects."""
+    return copy_dataset(_local_store(src_dir, "upload source"), open_store(dest_url, options),
+                        skip_existing=skip_existing, workers=workers, progress=progress)
+
+
+def download(src_url: str, dest_dir: str | os.PathLike, options: StorageOptions | None = None,
+             skip_existing: bool = False, workers: int | None = None,
+             progress: TransferProgress | None = None) -> TransferResult:
+    """Download the dataset at ``src_url`` into the local folder ``dest_dir``;
+    gzip-encoded objects become ``KEY.gz`` files."""
+    return copy_dataset(open_store(src_url, options), _local_store(dest_dir, "download destination"),
+                        skip_existing=skip_existing, workers=workers, progress=progress)
