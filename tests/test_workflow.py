@@ -122,3 +122,26 @@ def test_native_config_local_to_s3(tmp_path, moto_server, bucket):
     p = run_cli("run", tmp_path / "n.json")
     assert p.returncode == 0, p.stderr
     np.testing.assert_array_equal(read_s3(moto_server, bucket, "native/v")[..., 0], vol)
+
+
+def test_convert_slices_from_one_bucket_into_another(tmp_path, moto_server, slice_bucket):
+    in_bucket, vol, names = slice_bucket
+    client = moto_server.client()
+    client.delete_object(Bucket=in_bucket, Key="CSHL/MD585/unrelated.png")
+    out_bucket = in_bucket + "-conv"
+    client.create_bucket(Bucket=out_bucket)
+    p = run_cli("convert", f"s3://{in_bucket}/CSHL/MD585/", f"s3://{out_bucket}/precomputed/MD585",
+                "--endpoint-url", moto_server.url, "--resolution", "3680,3680,20000", "--type", "image",
+                "--workers", "2")
+    assert p.returncode == 0, p.stderr
+    got = read_s3(moto_server, out_bucket, "precomputed/MD585")[..., 0]
+    np.testing.assert_array_equal(got, vol)
+    info = json.loads(client.get_object(Bucket=out_bucket, Key="precomputed/MD585/info")["Body"].read())
+    assert len(info["scales"]) >= 1
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=out_bucket)["Contents"]]
+    assert not any(".ngconvert" in k for k in keys)
+
+
+def test_convert_from_a_missing_bucket_is_one_line(tmp_path, moto_server):
+    p = run_cli("convert", "s3://no-such-bucket-here/x/", tmp_path / "out", "--endpoint-url", moto_server.url)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "no-such-bucket-here" in p.stderr

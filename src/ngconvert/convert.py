@@ -350,9 +350,11 @@ def convert(source, dest, options: ConvertOptions | None = None, dry_run: bool =
     """
     opts = options or ConvertOptions()
     t0 = time.perf_counter()
-    store = open_store(dest, opts.storage)
+    # storage options are for whichever side is a URL (the source, the destination or both)
+    store = open_store(dest, opts.storage if "://" in str(dest) and not str(dest).startswith("file://") else None)
     notes: list[str] = []
-    ref = ref_for(source, opts.axes, SliceOptions(opts.order_file, opts.pad, opts.flip, opts.transpose))
+    ref = ref_for(source, opts.axes, SliceOptions(opts.order_file, opts.pad, opts.flip, opts.transpose,
+                                                  opts.storage))
 
     if opts.resume and not dry_run:
         plan = _resume_plan(store, ref)

@@ -116,6 +116,38 @@ def match_order(order: list[str | None], files: list[str], origin: str) -> list[
     return out
 
 
+def is_url(path: str) -> bool:
+    return "://" in path
+
+
+_STORES: dict = {}
+
+
+def read_slice_bytes(path: str, storage: dict | None = None) -> bytes:
+    """The bytes of a slice file, local or at an ``s3://``, ``gs://`` or ``http(s)://`` URL."""
+    if not is_url(path):
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    from .store import StorageOptions, open_store
+
+    parent, name = path.rsplit("/", 1)
+    key = (parent, repr(sorted((storage or {}).items())))
+    store = _STORES.get(key)
+    if store is None:
+        store = _STORES[key] = open_store(parent, StorageOptions.from_json(storage) if storage else None)
+    data = store.get(name)
+    if data is None:
+        raise UserError(f"{path}: the slice is missing; it was listed when the conversion started")
+    return data
+
+
+def _header_of(img: np.ndarray) -> "SliceHeader":
+    return SliceHeader(img.shape[0], img.shape[1], img.shape[2], img.dtype)
+
+
 @dataclass(frozen=True)
 class SliceHeader:
     rows: int
@@ -210,17 +242,29 @@ class SliceStackSource(VolumeSource):
     whole_slices = True
 
     def __init__(self, files: list[str | None], origin: str, pad: str = "", orientation=Orientation(),
-                 headers: list[SliceHeader | None] | None = None):
+                 headers: list[SliceHeader | None] | None = None, storage: dict | None = None):
         if pad not in ("", "origin", "center"):
             raise UserError(f"--pad {pad}: choose origin or center")
         self.files = list(files)
         self.origin, self.pad, self.orientation = origin, pad, orientation
+        self.storage = storage
         real = [f for f in self.files if f is not None]
         if not real:
             raise UserError(f"{origin}: every slice is a placeholder; nothing to convert")
+        if headers is None and not pad and is_url(real[0]):
+            # remote slices: the first one gives the frame; the others are checked as they are read
+            first = _header_of(decode_slice(read_slice_bytes(real[0], storage), real[0]))
+            headers = [None if f is None else first for f in self.files]
         if headers is None:
+            def probe(f):
+                if f is None:
+                    return None
+                if is_url(f):
+                    return _header_of(decode_slice(read_slice_bytes(f, storage), f))
+                return probe_slice(f)
+
             with ThreadPoolExecutor(READ_THREADS) as pool:
-                headers = list(pool.map(lambda f: None if f is None else probe_slice(f), self.files))
+                headers = list(pool.map(probe, self.files))
         first_i = next(i for i, h in enumerate(headers) if h is not None)
         ref = headers[first_i]
         rows, cols = ref.rows, ref.cols
@@ -258,11 +302,7 @@ class SliceStackSource(VolumeSource):
         if path is None:
             frame = np.zeros((self.rows, self.cols, self.info.channels), dtype=self.info.dtype)
             return self.orientation.to_volume(frame)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+        data = read_slice_bytes(path, self.storage)
         img = decode_slice(data, path)
         del data
         if img.dtype != self.info.dtype or img.shape[2] != self.info.channels:
@@ -319,7 +359,8 @@ class SliceStackSource(VolumeSource):
             if path is None:
                 target.fill(0)
                 return
-            if path.lower().endswith((".tif", ".tiff")) and self._read_tiff_into(path, target):
+            if (path.lower().endswith((".tif", ".tiff")) and not is_url(path)
+                    and self._read_tiff_into(path, target)):
                 return
         plane[...] = self._slice(z)[sx, sy]
 

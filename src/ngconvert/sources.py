@@ -39,7 +39,8 @@ class SourceRef:
     origin: str = ""               # what the user named
     axes: str = "xyz"              # axis order of the stored array ("xyz", "zyx", "xyzc", "czyx", ...)
     array_id: str = ""
-    files: list | None = None      # slice stacks: the file of each z (None: an empty slice)
+    files: list | None = None      # slice stacks: the file or URL of each z (None: an empty slice)
+    storage: dict | None = None    # how to reach URL slices (StorageOptions as JSON)
     pad: str = ""                  # slice stacks: "", "origin" or "center"
     flip: str = ""                 # slices: axes to reverse, any of "xyz"
     transpose: bool = False        # slices: swap x and y
@@ -383,6 +384,7 @@ class SliceOptions:
     pad: str = ""
     flip: str = ""
     transpose: bool = False
+    storage: object = None         # StorageOptions for slices at s3://, gs:// or http(s):// URLs
 
 
 def ref_for(source, axes: str = "xyz", slices: SliceOptions = SliceOptions()) -> SourceRef:
@@ -396,8 +398,10 @@ def ref_for(source, axes: str = "xyz", slices: SliceOptions = SliceOptions()) ->
         _ARRAYS[array_id] = source
         return SourceRef(kind="array", origin="array", axes=axes, array_id=array_id)
     path = os.fspath(source)
-    from .slices import SLICE_EXTENSIONS, _is_pattern, list_slice_files
+    from .slices import SLICE_EXTENSIONS, _is_pattern, is_url, list_slice_files
 
+    if is_url(path):
+        return _remote_slice_ref(path, slices)
     if os.path.isdir(path) or (_is_pattern(path) and not os.path.exists(path)):
         return _slice_ref(list_slice_files(path), path, slices)
     if not os.path.exists(path):
@@ -417,6 +421,26 @@ def ref_for(source, axes: str = "xyz", slices: SliceOptions = SliceOptions()) ->
                     "a multi-page .tif, or a folder or pattern of .tif/.png/.jpg slices")
 
 
+def _remote_slice_ref(url: str, opts: SliceOptions) -> SourceRef:
+    """Slices directly under a bucket prefix (``s3://``, ``gs://``), listed once."""
+    from .slices import SLICE_EXTENSIONS, natural_key
+    from .store import open_store
+
+    if url.lower().endswith(SLICE_EXTENSIONS + NIBABEL_SUFFIXES + (".npy",)):
+        raise UserError(f"{url}: reading single files from a URL is not supported; download it first, "
+                        "or give the prefix of a folder of slices")
+    store = open_store(url.rstrip("/"), opts.storage)
+    store.check_readable()
+    names = [k for k, _size in store.list("") if "/" not in k and k.lower().endswith(SLICE_EXTENSIONS)]
+    if not names:
+        raise UserError(f"{url}: no .tif, .png or .jpg slices directly under this prefix")
+    base = url.rstrip("/") + "/"
+    files = [base + n for n in sorted(names, key=natural_key)]
+    ref = _slice_ref(files, url, SliceOptions(opts.order_file, opts.pad, opts.flip, opts.transpose), local=False)
+    ref.storage = opts.storage.to_json() if opts.storage is not None else None
+    return ref
+
+
 def _flip(text: str) -> str:
     axes = text.replace(",", "").lower()
     if set(axes) - set("xyz"):
@@ -434,7 +458,7 @@ def _tiff_pages(path: str) -> int:
         raise UserError(f"{path}: not a readable TIFF ({_one_line(e)}); check the file") from None
 
 
-def _slice_ref(files: list[str], origin: str, opts: SliceOptions) -> SourceRef:
+def _slice_ref(files: list[str], origin: str, opts: SliceOptions, local: bool = True) -> SourceRef:
     ordered: list = list(files)
     if opts.order_file:
         from .slices import match_order, parse_order
@@ -446,7 +470,7 @@ def _slice_ref(files: list[str], origin: str, opts: SliceOptions) -> SourceRef:
             raise UserError(f"{opts.order_file}: cannot read the order file ({e.strerror or e})") from None
         ordered = match_order(parse_order(text, opts.order_file), [f for f in files if f is not None],
                               opts.order_file)
-    for f in ordered:
+    for f in ordered if local else ():
         if f is not None and not os.access(f, os.R_OK):
             raise UserError(f"{f}: cannot read the slice; check that it exists and is readable")
     return SourceRef(kind="slices", origin=origin, files=ordered, pad=opts.pad, flip=_flip(opts.flip),
@@ -487,7 +511,8 @@ def open_source(ref: SourceRef) -> VolumeSource:
     elif ref.kind == "slices":
         from .slices import Orientation, SliceStackSource
 
-        src = SliceStackSource(ref.files, ref.origin, ref.pad, Orientation(ref.transpose, ref.flip))
+        src = SliceStackSource(ref.files, ref.origin, ref.pad, Orientation(ref.transpose, ref.flip),
+                               storage=ref.storage)
     elif ref.kind == "tiff":
         from .slices import Orientation, TiffStackSource
 
