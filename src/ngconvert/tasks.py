@@ -11,7 +11,7 @@ from .downsample import mean_from_sums, pool_sum, pool_values
 from .geometry import Box, ChunkGrid, chunk_key
 from .plan import Plan, Task, carry_key, done_key
 from .sources import open_source
-from .store import Store
+from .store import FileStore, MemoryStore, Store, StoreItem
 
 
 @dataclass
@@ -76,17 +76,25 @@ class ChunkWriter:
         scale = self.plan.scales()[level]
         grid = ChunkGrid(scale.bounds, self.plan.layer.chunk_size)
         skip_empty = self.plan.layer.skip_empty
-        for cell in grid.cells_in(box):
-            chunk = values[cell.slices(box.start)]
-            if skip_empty and not chunk.any():
-                continue
-            data = encode_chunk(chunk, self.opts)
-            enc = None
-            if self.gzip:
-                data, enc = gzip_compress(data, self.plan.layer.gzip_level), "gzip"
-            self.store.put(f"{scale.key}/{chunk_key(cell)}", data, content_encoding=enc)
-            self.result.chunks += 1
-            self.result.bytes_written += len(data)
+
+        def encoded():
+            for cell in grid.cells_in(box):
+                chunk = values[cell.slices(box.start)]
+                if skip_empty and not chunk.any():
+                    continue
+                data = encode_chunk(chunk, self.opts)
+                enc = None
+                if self.gzip:
+                    data, enc = gzip_compress(data, self.plan.layer.gzip_level), "gzip"
+                self.result.chunks += 1
+                yield StoreItem(f"{scale.key}/{chunk_key(cell)}", data, enc)
+
+        if isinstance(self.store, (FileStore, MemoryStore)):
+            for item in encoded():
+                self.store.put(item.key, item.data, content_encoding=item.content_encoding)
+                self.result.bytes_written += len(item.data)
+        else:   # network stores: many requests in flight while the next chunks are encoded
+            self.result.bytes_written += self.store.put_many(encoded())
 
 
 def run_task(store: Store, plan: Plan, task: Task) -> TaskResult:
