@@ -80,3 +80,23 @@ def test_encoding_rules():
     assert encoding_problem("png", "uint16", 4) is None
     assert encoding_problem("compressed_segmentation", "uint8", 1)
     assert encoding_problem("raw", "float32", 7) is None
+
+
+def test_pool_sum_and_means_across_many_z_slabs(monkeypatch):
+    import ngconvert.downsample as ds
+
+    rng = np.random.default_rng(3)
+    a = np.asfortranarray(rng.integers(0, 65535, (13, 11, 29, 2)).astype(np.uint16))
+    box = Box((1, -3, 5), (14, 8, 34))                 # unaligned on every axis
+    whole_sums, out = pool_sum(a, box, (2, 2, 2))
+    whole_mean = mean_from_sums(whole_sums, out, box, (2, 2, 2), np.uint16)
+    monkeypatch.setattr(ds, "SLAB_BYTES", 1)            # one output plane per slab
+    sums, out2 = pool_sum(a, box, (2, 2, 2))
+    assert out2 == out
+    np.testing.assert_array_equal(sums, whole_sums)
+    np.testing.assert_array_equal(mean_from_sums(sums, out, box, (2, 2, 2), np.uint16), whole_mean)
+    # and against a direct computation
+    pad = np.zeros((14, 12, 30, 2), np.int64)
+    pad[1:, 1:, 1:, :] = a
+    ref = pad.reshape(7, 2, 6, 2, 15, 2, 2).sum(axis=(1, 3, 5))
+    np.testing.assert_array_equal(sums, ref)
