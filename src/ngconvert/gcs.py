@@ -25,28 +25,17 @@ from the metadata; how real GCS transcodes for readers cannot be tested here.
 """
 from __future__ import annotations
 
-import os
-import threading
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .errors import UserError
 from .retry import RetriesExhausted, RetryPolicy, StorageUnavailable, call_with_retry
-from .store import (RawObject, StorageOptions, Store, content_type_for, normal_encoding,
-                    parallel_map, split_bucket_url)
+from .store import (PerProcessClient, RawObject, StorageOptions, Store, content_type_for,
+                    normal_encoding, parallel_map, split_bucket_url)
 
 T = TypeVar("T")
 
-_CLIENT_LOCK = threading.Lock()
-
-
-def _reset_lock_after_fork() -> None:
-    global _CLIENT_LOCK
-    _CLIENT_LOCK = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_lock_after_fork)
 
 _CREDENTIALS_HINT = ("run 'gcloud auth application-default login', set "
                      "GOOGLE_APPLICATION_CREDENTIALS, or pass --credentials KEYFILE.json")
@@ -90,7 +79,7 @@ def _credentials(options: StorageOptions):
                         "access for a public bucket") from None
 
 
-class GCSStore(Store):
+class GCSStore(PerProcessClient, Store):
     """A dataset under ``gs://bucket/prefix`` (see the module docstring)."""
 
     def __init__(self, url: str, options: StorageOptions | None = None):
@@ -105,21 +94,6 @@ class GCSStore(Store):
             _credentials(options)   # a bad key file fails here, not in a worker
 
     # -- plumbing ---------------------------------------------------------------------
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_client_state"] = None
-        return state
-
-    def _client(self):
-        state = self._client_state
-        if state is not None and state[0] == os.getpid():
-            return state[1]
-        with _CLIENT_LOCK:
-            state = self._client_state
-            if state is None or state[0] != os.getpid():
-                self._client_state = state = (os.getpid(), self._make_client())
-        return state[1]
 
     def _make_client(self):
         from google.auth.transport.requests import AuthorizedSession

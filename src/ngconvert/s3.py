@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,8 +29,8 @@ from typing import Any, TypeVar
 
 from .errors import UserError
 from .retry import RetriesExhausted, RetryPolicy, StorageUnavailable, call_with_retry
-from .store import (RawObject, StorageOptions, Store, content_type_for, normal_encoding,
-                    split_bucket_url)
+from .store import (PerProcessClient, RawObject, StorageOptions, Store, content_type_for,
+                    normal_encoding, split_bucket_url)
 
 T = TypeVar("T")
 
@@ -45,15 +44,6 @@ _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToke
 _CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or pass --profile NAME "
                      "or --credentials FILE")
 
-_CLIENT_LOCK = threading.Lock()
-
-
-def _reset_lock_after_fork() -> None:
-    global _CLIENT_LOCK
-    _CLIENT_LOCK = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_lock_after_fork)
 
 
 @dataclass(frozen=True)
@@ -186,7 +176,7 @@ def is_transient(e: BaseException) -> bool:
     return isinstance(e, (ConnectionError, HTTPClientError, IncompleteReadError))
 
 
-class S3Store(Store):
+class S3Store(PerProcessClient, Store):
     """A dataset under ``s3://bucket/prefix`` (see the module docstring)."""
 
     def __init__(self, url: str, options: StorageOptions | None = None):
@@ -202,23 +192,10 @@ class S3Store(Store):
 
     # -- plumbing ---------------------------------------------------------------------
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_client_state"] = None
-        return state
-
-    def _client(self):
-        state = self._client_state
-        if state is not None and state[0] == os.getpid():
-            return state[1]
-        with _CLIENT_LOCK:
-            state = self._client_state
-            if state is None or state[0] != os.getpid():
-                client = self._spec.session().client(
-                    "s3", endpoint_url=self.endpoint_url,
-                    config=_client_config(self.options, self._spec.region, self.endpoint_url))
-                self._client_state = state = (os.getpid(), client)
-        return state[1]
+    def _make_client(self):
+        return self._spec.session().client(
+            "s3", endpoint_url=self.endpoint_url,
+            config=_client_config(self.options, self._spec.region, self.endpoint_url))
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key

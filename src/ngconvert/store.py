@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import shutil
 import tempfile
 import uuid
@@ -264,6 +265,43 @@ class Store:
 
 
 TMP_DIR = ".ngconvert/tmp"
+
+
+_CLIENT_LOCK = threading.Lock()
+
+
+def _reset_client_lock_after_fork() -> None:
+    global _CLIENT_LOCK
+    _CLIENT_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_client_lock_after_fork)
+
+
+class PerProcessClient:
+    """For network stores: the client is made lazily, once per process, and shared by that
+    process's threads; pickling drops it, so a store can go to workers and be used after
+    ``fork``.  Subclasses implement :meth:`_make_client`."""
+
+    _client_state: tuple | None = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_client_state"] = None
+        return state
+
+    def _make_client(self):
+        raise NotImplementedError
+
+    def _client(self):
+        state = self._client_state
+        if state is not None and state[0] == os.getpid():
+            return state[1]
+        with _CLIENT_LOCK:
+            state = self._client_state
+            if state is None or state[0] != os.getpid():
+                self._client_state = state = (os.getpid(), self._make_client())
+        return state[1]
 
 
 class FileStore(Store):
