@@ -51,7 +51,7 @@ import nibabel as nib
 import numpy as np
 import psutil
 
-from measure import MB, Measurement, check_data, output_stats, run_measured
+from measure import format_table, MB, Measurement, check_data, output_stats, run_measured
 from synth_volume import ensure_volume
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -272,9 +272,7 @@ def table_rows(results: list[Result]) -> list[list[str]]:
 
 
 def format_text(rows: list[list[str]]) -> str:
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(COLUMNS), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return format_table(COLUMNS, rows)
 
 
 def format_markdown_table(rows: list[list[str]]) -> str:

@@ -50,7 +50,7 @@ import numpy as np
 
 from bench_pyramid import (_log_tail, _slug, display_command, machine_info, ngconvert_fingerprint,
                            ngconvert_revision)
-from measure import Measurement, output_stats, run_measured
+from measure import format_table, Measurement, output_stats, run_measured
 from synth_slices import Stack, ensure_stack
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -280,9 +280,7 @@ def table_rows(results: list[Result]) -> list[list[str]]:
 
 
 def format_text(rows: list[list[str]]) -> str:
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(COLUMNS), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return format_table(COLUMNS, rows)
 
 
 def format_markdown_table(rows: list[list[str]]) -> str:

@@ -19,7 +19,6 @@ every ``SAMPLE_SECONDS`` over the command and all its live descendants:
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -178,3 +177,10 @@ def check_data(root: Path, volume: np.ndarray) -> dict:
         got = data[: ref.shape[0], : ref.shape[1], : ref.shape[2]].astype(np.float64)
         result["max_dev"] = max(result["max_dev"], float(np.abs(got - ref).max()))
     return result
+
+
+def format_table(columns: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table with a header rule, columns padded to their widest cell."""
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in rows])
