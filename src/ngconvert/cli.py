@@ -43,6 +43,7 @@ def _add_convert(sub) -> None:
                    help="layer type (default: auto, decided from the data and reported)")
     g.add_argument("--dtype", choices=DATA_TYPES, help="convert values to this type (rounds and clips)")
     g.add_argument("--axes", default="xyz", help="axis order of a .npy array, e.g. zyx or czyx (default xyz)")
+    _add_segment_args(p)
     g = p.add_argument_group("slice stacks")
     g.add_argument("--order", metavar="FILE", help="order file: '<name> <z>' or one name per line; "
                                                     "'Placeholder' lines and missing z are empty slices")
@@ -54,6 +55,23 @@ def _add_convert(sub) -> None:
     g.add_argument("--resolution", type=_vec(float, "--resolution"), help="voxel size x,y,z (default: from the header)")
     g.add_argument("--units", default="nm", choices=["nm", "um", "mm", "m"], help="units of --resolution (default nm)")
     g.add_argument("--offset", type=_vec(int, "--offset"), default=(0, 0, 0), help="voxel_offset x,y,z (default 0,0,0)")
+    _add_output_args(p)
+
+
+def _add_segment_args(p) -> None:
+    g = p.add_argument_group("segments (label tables)")
+    g.add_argument("--labels", metavar="TABLE",
+                   help="label table: CSV/TSV with a header, JSON, ITK-SNAP, FreeSurfer LUT or Slicer colour "
+                        "table; written as segment properties and colours (implies --type segmentation)")
+    g.add_argument("--only", metavar="IDS", help="keep only these labels (ids or table names, comma-separated); "
+                                                  "all others become 0")
+    g.add_argument("--exclude", metavar="IDS", help="set these labels (ids or names) to 0")
+    g.add_argument("--all-labels", action="store_true",
+                   help="list every table id in the segment properties, also those absent from the volume")
+
+
+def _add_output_args(p) -> None:
+    """Pyramid, encoding and run options shared by every command that writes a layer."""
     g = p.add_argument_group("pyramid and chunks")
     g.add_argument("--chunk-size", type=_vec(int, "--chunk-size"), help="chunk shape x,y,z (default: 2^18 voxels, physically cubic)")
     g.add_argument("--factor", type=_vec(int, "--factor"), help="fixed downsampling factor per level, e.g. 2,2,1")
@@ -82,30 +100,88 @@ def _add_convert(sub) -> None:
     _add_storage_args(p)
 
 
-def _cmd_convert(a) -> int:
+def _convert_options(a) -> ConvertOptions:
+    """ConvertOptions from whichever option groups the command has."""
     if a.task_memory is not None and a.task_memory < 1:
         raise UserError(f"--task-memory {a.task_memory}: give 1 MB or more")
-    opts = ConvertOptions(
-        layer_type=a.layer_type, encoding=a.encoding, compress=a.compress, gzip_level=a.gzip_level,
-        jpeg_quality=a.jpeg_quality, png_level=a.png_level, cseg_block_size=a.block_size,
-        resolution=a.resolution, units=a.units, voxel_offset=a.offset, chunk_size=a.chunk_size,
-        factor=a.factor, max_mips=a.max_mips, downsample=a.downsample, dtype=a.dtype, axes=a.axes,
-        skip_empty=a.skip_empty, workers=a.workers, task_bytes=a.task_memory << 20 if a.task_memory else None,
-        order_file=a.order, pad=a.pad or "", flip=a.flip or "", transpose=a.transpose,
+    v = vars(a)
+    return ConvertOptions(
+        layer_type=v.get("layer_type", "segmentation"), encoding=a.encoding, compress=a.compress,
+        gzip_level=a.gzip_level, jpeg_quality=a.jpeg_quality, png_level=a.png_level, cseg_block_size=a.block_size,
+        resolution=a.resolution, units=a.units, voxel_offset=v.get("offset", (0, 0, 0)), chunk_size=a.chunk_size,
+        factor=a.factor, max_mips=a.max_mips, downsample=a.downsample, dtype=v.get("dtype"),
+        axes=v.get("axes", "xyz"), skip_empty=a.skip_empty, workers=a.workers,
+        task_bytes=a.task_memory << 20 if a.task_memory else None, order_file=v.get("order"),
+        pad=v.get("pad") or "", flip=v.get("flip") or "", transpose=v.get("transpose", False),
+        labels=v.get("labels"), only=v.get("only"), exclude=v.get("exclude"), all_labels=v.get("all_labels", False),
         overwrite=a.overwrite, resume=a.resume, quiet=a.quiet, storage=_storage(a))
-    res = convert(a.source, a.dest, opts, dry_run=a.dry_run)
+
+
+def _report(a, res, what: str) -> None:
     layer = res.layer
     if a.dry_run:
-        print(f"{a.source} -> {a.dest}: {layer.layer_type} {layer.data_type} x{layer.num_channels}, "
+        print(f"{what} -> {a.dest}: {layer.layer_type} {layer.data_type} x{layer.num_channels}, "
               f"{layer.encoding}{'+gzip' if layer.compress == 'gzip' else ''}, downsample {layer.downsample}")
         print(format_rows(scale_rows(layer.info())))
         for s in res.plan.stages:
             print(f"stage {s.index}: levels {s.first}-{s.top} from level {s.base}, "
                   f"{res.plan.task_count(s)} task(s)")
-        return 0
+        return
     if not a.quiet:
-        print(f"wrote {a.dest}: {len(layer.factors) + 1} scales, {res.chunks} chunks, "
+        extra = f", {len(res.labels_present)} labelled segments" if res.labels_present is not None else ""
+        print(f"wrote {a.dest}: {len(layer.factors) + 1} scales, {res.chunks} chunks{extra}, "
               f"{res.bytes_written / 1e6:.1f} MB in {res.seconds:.1f} s", file=sys.stderr)
+
+
+def _cmd_convert(a) -> int:
+    res = convert(a.source, a.dest, _convert_options(a), dry_run=a.dry_run)
+    _report(a, res, a.source)
+    return 0
+
+
+def _add_assemble(sub) -> None:
+    p = sub.add_parser("assemble", help="place structure masks at their atlas origins into one segmentation layer",
+                       description="Assemble binary masks (.npy or NIfTI, one per structure, named by file) "
+                                   "into one label volume and write it as a segmentation layer with segment "
+                                   "properties. See the README for the placement and overlap rules.")
+    p.add_argument("structures", nargs="+", help="folders, files or quoted patterns of mask files")
+    p.add_argument("dest", help="output folder of the layer")
+    g = p.add_argument_group("assembly")
+    g.add_argument("--origins", metavar="FILE", help="'name,x,y,z' per structure (atlas voxels of the mask's "
+                                                      "voxel 0,0,0; fractions rounded, halves up); default 0,0,0")
+    g.add_argument("--ids", metavar="FILE", help="'name,id' per structure (default: from --labels by name, "
+                                                  "else 1, 2, 3... in order)")
+    g.add_argument("--overlap", default="error", choices=["error", "first", "last"],
+                   help="voxels claimed by two structures: error (default, names the pairs), or keep the "
+                        "first or last placed")
+    g.add_argument("--threshold", type=float, default=0.0, help="a voxel is inside when its value exceeds "
+                                                                 "this (default 0)")
+    g.add_argument("--axes", default="xyz", help="axis order of .npy masks, e.g. zyx (default xyz)")
+    _add_segment_args(p)
+    g = p.add_argument_group("physical space")
+    g.add_argument("--resolution", type=_vec(float, "--resolution"),
+                   help="voxel size x,y,z (default: from NIfTI masks)")
+    g.add_argument("--units", default="nm", choices=["nm", "um", "mm", "m"], help="units of --resolution (default nm)")
+    _add_output_args(p)
+
+
+def _cmd_assemble(a) -> int:
+    from dataclasses import replace
+
+    from .assemble import assemble
+
+    if a.dry_run:
+        raise UserError("--dry-run is not available for assemble; run it on a new folder")
+    opts = replace(_convert_options(a), labels=None)
+    asm = assemble(a.structures if len(a.structures) > 1 else a.structures[0], a.dest, ids=a.ids,
+                   labels=a.labels, origins=a.origins, overlap=a.overlap, threshold=a.threshold, axes=a.axes,
+                   options=opts)
+    if not a.quiet:
+        for n in asm.notes:
+            print(f"ngconvert: {n}", file=sys.stderr)
+        print(f"assembled {len(asm.placements)} structures into {'x'.join(map(str, asm.shape))} {asm.dtype} "
+              f"voxels at offset {','.join(map(str, asm.offset))}", file=sys.stderr)
+    _report(a, asm.result, "assembly")
     return 0
 
 
@@ -218,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_convert(sub)
+    _add_assemble(sub)
     _add_stats(sub)
     _add_transfer(sub)
     _add_run(sub)
@@ -225,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"convert": _cmd_convert, "stats": _cmd_stats, "example": _cmd_example, "upload": _cmd_transfer,
+COMMANDS = {"convert": _cmd_convert, "assemble": _cmd_assemble, "stats": _cmd_stats, "example": _cmd_example, "upload": _cmd_transfer,
             "download": _cmd_transfer, "run": _cmd_run}
 
 

@@ -12,10 +12,12 @@ import numpy as np
 from .codecs import ENCODINGS, encoding_problem
 from .downsample import METHODS
 from .errors import UserError
+from .labels import load_table, resolve_ids
 from .executors import ThreadExecutor, context, make_executor
 from .geometry import Box, Vec
 from .plan import DEFAULT_TASK_BYTES, PLAN_KEY, SCRATCH, Plan, done_key, plan_stages
 from .progress import Progress
+from .segment_properties import write_segment_metadata
 from .pyramid import choose_chunk_size, plan_factors
 from .sources import (UNIT_TO_NM, SliceOptions, SourceInfo, SourceRef, open_source, prepare, ref_for,
                       release)
@@ -55,6 +57,10 @@ class ConvertOptions:
     workers: int | None = None
     task_bytes: int | None = None
     storage: StorageOptions | None = None     # how to reach s3:// and gs:// sources and destinations
+    labels: object = None                     # label table: a path, {id: name | {...}}, or a LabelTable
+    only: object = None                       # ids or names to keep ("17,53" or [17, "Left-Hippocampus"])
+    exclude: object = None                    # ids or names to set to 0
+    all_labels: bool = False                  # list table ids absent from the volume in the properties
     overwrite: bool = False
     resume: bool = False
     quiet: bool = False
@@ -70,6 +76,8 @@ class ConvertResult:
     bytes_written: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    labels_present: list[int] | None = None   # label ids in the written layer (with a label table)
 
 
 def _resolve_dtype(src_info: SourceInfo, src, opts: ConvertOptions, origin: str, say) -> str:
@@ -163,8 +171,17 @@ def resolve_layer(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> Lay
     for n in info.notes:
         say(f"{origin}: {n}")
     data_type = _resolve_dtype(info, src, opts, origin, say)
+    table, keep, drop = resolve_segments(opts)
+    for n in table.notes if table is not None else ():
+        say(n)
 
     layer_type = opts.layer_type
+    labelled = table is not None or keep is not None or drop is not None
+    if labelled and layer_type == "image":
+        raise UserError("--labels, --only and --exclude describe segmentations; drop --type image "
+                        "or pass --type segmentation")
+    if labelled and layer_type == "auto":
+        layer_type = "segmentation"
     if layer_type == "auto" and opts.encoding in ("jpeg", "png"):
         layer_type = "image"          # asking for an image codec says what the data is
     if layer_type == "auto":
@@ -239,7 +256,26 @@ def resolve_layer(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> Lay
         voxel_offset=offset, resolution=resolution, chunk_size=chunk, factors=factors,
         encoding=encoding, compress=compress, gzip_level=opts.gzip_level, jpeg_quality=opts.jpeg_quality,
         png_level=opts.png_level, cseg_block_size=tuple(opts.cseg_block_size), downsample=method,
-        skip_empty=opts.skip_empty, transform=transform)
+        skip_empty=opts.skip_empty, transform=transform,
+        segments=table.to_json() if table is not None else None, keep_labels=keep, drop_labels=drop,
+        all_labels=bool(opts.all_labels))
+
+
+def resolve_segments(opts: ConvertOptions):
+    """The label table and the ``--only``/``--exclude`` selection as explicit id lists."""
+    table = load_table(opts.labels)
+    keep = drop = None
+    if opts.only not in (None, "", []):
+        keep = resolve_ids(opts.only, table, "--only")
+        if not keep:
+            raise UserError("--only names no labels; give ids or names, e.g. --only 17,53")
+    if opts.exclude not in (None, "", []):
+        drop = resolve_ids(opts.exclude, table, "--exclude")
+    if keep is not None and drop is not None:
+        keep, drop = [k for k in keep if k not in set(drop)], None
+        if not keep:
+            raise UserError("--exclude removes every label --only keeps; nothing would be left")
+    return table, keep, drop
 
 
 def make_transform(affine, world_units: str, offset, resolution, origin: str) -> dict:
@@ -291,18 +327,24 @@ def _resume_plan(store: Store, ref: SourceRef) -> Plan:
     return plan
 
 
-def _claim_destination(store: Store, opts: ConvertOptions) -> None:
-    """Refuse to write over anything unless told to, and then only over a dataset."""
+def check_destination(store: Store, opts: ConvertOptions) -> bool:
+    """Refuse to write over anything unless told to, and then only over a dataset; True when
+    there is a dataset to replace."""
     store.check_writable()
     if store.is_empty():
-        return
+        return False
     if not opts.overwrite:
         raise UserError(f"destination {store.url} exists and is not empty; pass --overwrite to "
                         "replace it (or --resume to finish an interrupted run)")
     if not (store.exists("info") or store.exists(PLAN_KEY)):
         raise UserError(f"destination {store.url} is not empty and holds no precomputed dataset; "
                         "--overwrite only replaces datasets, choose a new or empty folder")
-    store.clear()
+    return True
+
+
+def _claim_destination(store: Store, opts: ConvertOptions) -> None:
+    if check_destination(store, opts):
+        store.clear()
 
 
 def _new_plan(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> Plan:
@@ -324,21 +366,31 @@ def _execute(plan: Plan, store: Store, opts: ConvertOptions, result: "ConvertRes
     executor = _executor_for(plan, store, opts.workers)
     ctx = {"store": store, "plan": plan}
     total = sum(plan.task_count(s) for s in plan.stages)
+    survey = plan.layer.segments is not None
+    seen: list[np.ndarray] = []
     with Progress(total, "converting", quiet=opts.quiet) as bar:
         for stage in plan.stages:
             todo = []
             for task in plan.tasks(stage):
                 if opts.resume and store.exists(done_key(task)):
                     bar.update(1)
+                    if survey and stage.base == 0:     # ids seen by the interrupted run
+                        seen.append(np.frombuffer(store.get(done_key(task)) or b"", dtype=np.uint64))
                 else:
                     todo.append(task)
             for _task, res in executor.run(_run, todo, ctx):
                 result.tasks_run += 1
                 result.chunks += res.chunks
                 result.bytes_written += res.bytes_written
+                if res.labels is not None:
+                    seen.append(res.labels)
                 bar.update(1, res.bytes_written)
     if plan.layer.transform is not None:
         store.put("transform.json", dumps(plan.layer.transform), content_type="application/json")
+    if survey:
+        present = set(np.unique(np.concatenate(seen)).tolist()) if seen else set()
+        result.labels_present = sorted(present - {0})
+        result.warnings += write_segment_metadata(store, plan.layer, present)
     store.put("info", dumps(plan.layer.info()), content_type="application/json")
     store.delete_prefix(SCRATCH + "/")
 
@@ -376,6 +428,9 @@ def convert(source, dest, options: ConvertOptions | None = None, dry_run: bool =
         _execute(plan, store, opts, result)
     finally:
         release(plan.source)
+    if not opts.quiet:
+        for w in result.warnings:
+            print(f"ngconvert: warning: {w}", file=sys.stderr)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -391,3 +446,23 @@ def write_volume(array: np.ndarray, dest, resolution=(1.0, 1.0, 1.0), layer_type
     opts = ConvertOptions(layer_type=layer_type, resolution=tuple(resolution), units=units, axes=axes,
                           quiet=options.pop("quiet", True), **options)
     return convert(array, dest, opts)
+
+
+def write_segmentation(array: np.ndarray, dest, labels=None, resolution=(1.0, 1.0, 1.0), offset=(0, 0, 0),
+                       units: str = "nm", axes: str = "xyz", only=None, exclude=None,
+                       **options) -> ConvertResult:
+    """Write a label array as a segmentation layer with segment properties and colours.
+
+    ``labels`` is a label table: a path (CSV/TSV/JSON/ITK-SNAP/FreeSurfer/Slicer) or a mapping
+    ``{id: name}`` / ``{id: {"name": ..., "color": "#rrggbb", "description": ..., ...}}``.
+    ``offset`` is the layer's ``voxel_offset``; ``only``/``exclude`` select labels by id or
+    name.  Warnings about ids missing from the table or the volume are issued as Python
+    warnings and kept in ``result.warnings``.
+    """
+    import warnings
+
+    res = write_volume(array, dest, resolution=resolution, layer_type="segmentation", units=units, axes=axes,
+                       labels=labels, only=only, exclude=exclude, voxel_offset=tuple(offset), **options)
+    for w in res.warnings:
+        warnings.warn(w, stacklevel=2)
+    return res

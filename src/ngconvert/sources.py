@@ -389,7 +389,9 @@ class SliceOptions:
 
 def ref_for(source, axes: str = "xyz", slices: SliceOptions = SliceOptions()) -> SourceRef:
     """A reference for what the user gave: a path, a folder or pattern of slices, a list of
-    slice files, or a numpy array."""
+    slice files, or a numpy array (or a reference made by the caller)."""
+    if isinstance(source, SourceRef):
+        return source
     if isinstance(source, (list, tuple)):
         # a list of slice files in z order; None is an empty slice
         return _slice_ref([None if f is None else os.fspath(f) for f in source], "slice list", slices)

@@ -48,6 +48,10 @@ class LayerSpec:
     downsample: str = "average"
     skip_empty: bool = False
     transform: dict | None = field(default=None)
+    segments: dict | None = None             # label table (LabelTable JSON): segment properties + colours
+    keep_labels: list[int] | None = None     # --only: every other label becomes 0
+    drop_labels: list[int] | None = None     # --exclude: these labels become 0
+    all_labels: bool = False                 # list table ids absent from the volume too
 
     @property
     def bounds(self) -> Box:
@@ -85,13 +89,20 @@ class LayerSpec:
             if self.encoding == "png":
                 entry["png_level"] = self.png_level
             scales.append(entry)
-        return {
+        info = {
             "@type": "neuroglancer_multiscale_volume",
             "type": self.layer_type,
             "data_type": self.data_type,
             "num_channels": self.num_channels,
             "scales": scales,
         }
+        if self.segments is not None:
+            info["segment_properties"] = "segment_properties"
+        return info
+
+    @property
+    def selects_labels(self) -> bool:
+        return self.keep_labels is not None or self.drop_labels is not None
 
     def to_json(self) -> dict:
         d = asdict(self)

@@ -399,6 +399,9 @@ class FileStore(Store):
         self._made.clear()
 
     def check_writable(self) -> None:
+        """Probe with a temporary file; folders made for the probe are removed again, so a
+        run that stops on bad input leaves nothing behind."""
+        made = [p for p in [self.root, *self.root.parents] if not p.exists()]
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.root, prefix=".ngconvert-probe-"):
@@ -406,6 +409,12 @@ class FileStore(Store):
         except OSError as e:
             raise UserError(f"destination {self.root} is not writable ({e.strerror or e}); "
                             "choose another folder or fix its permissions") from None
+        finally:
+            for p in made:          # deepest first
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
 
     def check_readable(self) -> None:
         if not self.root.is_dir():

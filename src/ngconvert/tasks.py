@@ -18,6 +18,7 @@ from .store import FileStore, MemoryStore, Store, StoreItem
 class TaskResult:
     chunks: int = 0
     bytes_written: int = 0
+    labels: np.ndarray | None = None      # label ids seen (level-0 tasks of a layer with a label table)
 
 
 def read_source_region(plan: Plan, box: Box) -> np.ndarray:
@@ -29,7 +30,26 @@ def read_source_region(plan: Plan, box: Box) -> np.ndarray:
     dtype = np.dtype(plan.layer.data_type)
     if data.dtype != dtype:
         data = cast(data, dtype)
+    if plan.layer.selects_labels:
+        data = select_labels(data, plan.layer.keep_labels, plan.layer.drop_labels)
     return data
+
+
+def select_labels(data: np.ndarray, keep, drop) -> np.ndarray:
+    """Labels not kept (or dropped) become 0, in a copy (``data`` may be the caller's array)."""
+    import fastremap
+
+    if keep is not None:
+        out = fastremap.mask_except(data, [int(k) for k in keep], in_place=False)
+    else:
+        out = fastremap.mask(data, [int(d) for d in drop], in_place=False)
+    return np.asfortranarray(out)
+
+
+def labels_seen(data: np.ndarray) -> np.ndarray:
+    import fastremap
+
+    return np.asarray(fastremap.unique(data), dtype=np.uint64)
 
 
 def cast(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -110,6 +130,10 @@ def run_task(store: Store, plan: Plan, task: Task) -> TaskResult:
         cur = read_source_region(plan, box)
     else:
         cur = read_carry(store, plan, stage.base, box, np.float64 if average else dtype)
+    marker = b""
+    if stage.base == 0 and layer.segments is not None:
+        writer.result.labels = labels_seen(cur)
+        marker = writer.result.labels.tobytes()
     if stage.first == stage.base:
         writer.write_level(stage.base, cur, box)
     for level in range(stage.base + 1, stage.top + 1):
@@ -125,5 +149,5 @@ def run_task(store: Store, plan: Plan, task: Task) -> TaskResult:
         grid = ChunkGrid(scales[stage.top].bounds, layer.chunk_size)
         for cell in grid.cells_in(box):
             store.put(carry_key(stage.top, cell), _npy_bytes(cur[cell.slices(box.start)]))
-    store.put(done_key(task), b"")
+    store.put(done_key(task), marker)
     return writer.result
