@@ -33,7 +33,7 @@ import numpy as np
 from .errors import UserError
 from .geometry import Box
 from .labels import Label, LabelTable, load_table, match_names
-from .sources import NIBABEL_SUFFIXES, UNIT_TO_NM, SourceRef
+from .sources import NIBABEL_SUFFIXES, UNIT_TO_NM, SourceRef, header_voxel_size
 
 MASK_SUFFIXES = (".npy",) + NIBABEL_SUFFIXES
 OVERLAP_RULES = ("error", "first", "last")
@@ -221,9 +221,8 @@ def _mask_header(s: Structure, axes: str):
         shape = shape[:-1]
     if len(shape) != 3:
         raise UserError(f"{path}: a mask must be 3-D, this one has shape {img.shape}")
-    units = img.header.get_xyzt_units()[0] if hasattr(img.header, "get_xyzt_units") else None
-    zooms = img.header.get_zooms()[:3]
-    res = tuple(float(z) * UNIT_TO_NM.get(units or "mm", 1e6) for z in zooms)
+    zooms, units, _ = header_voxel_size(img.header)
+    res = tuple(z * UNIT_TO_NM[units] for z in zooms)
 
     def load():
         return np.asanyarray(img.dataobj).reshape(shape)

@@ -14,6 +14,18 @@ STRUCTURES = {
     5: ("left thalamus", (0.44, 0.48, 0.42), (0.06, 0.07, 0.06), 170),
     6: ("right thalamus", (0.56, 0.48, 0.42), (0.06, 0.07, 0.06), 170),
 }
+# the label table written beside the phantom: id, name, colour, description, a number and a tag
+TABLE = [
+    (1, "Skull", "#e3dcc2", "bone around the brain", 410.5, "no"),
+    (2, "Brain", "#f5f5f5", "brain tissue outside the structures below", 1180.0, "yes"),
+    (3, "Left-Lateral-Ventricle", "#781286", "", 9.6, "no"),
+    (4, "Right-Lateral-Ventricle", "#781286", "", 9.6, "no"),
+    (5, "Left-Thalamus", "#00760e", "relay of sensory and motor signals", 7.1, "yes"),
+    (6, "Right-Thalamus", "#00760e", "relay of sensory and motor signals", 7.1, "yes"),
+]
+# file names of the per-structure masks (the assemble example): sides written the other way
+MASK_NAMES = {1: "Skull", 2: "Brain", 3: "Lateral-Ventricle_L", 4: "Lateral-Ventricle_R",
+              5: "Thalamus_L", 6: "Thalamus_R"}
 
 
 def phantom(shape=(192, 224, 192), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -31,8 +43,10 @@ def phantom(shape=(192, 224, 192), seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return np.clip(image, 0, 255).astype(np.uint8), labels
 
 
-def write_example(folder) -> tuple[Path, Path]:
-    """Write ``phantom.nii.gz`` (1 mm, RAS, centred) and ``phantom_labels.nii.gz``."""
+def write_example(folder) -> list[Path]:
+    """Write ``phantom.nii.gz`` (1 mm, RAS, centred), ``phantom_labels.nii.gz``, its label
+    table ``phantom_labels.csv``, and the same atlas as one cropped mask per structure in
+    ``structures/`` with ``structures_origins.csv`` (the input of ``ngconvert assemble``)."""
     import nibabel as nib
 
     folder = Path(folder)
@@ -48,4 +62,19 @@ def write_example(folder) -> tuple[Path, Path]:
             img.header.set_intent("label")
         nib.save(img, str(folder / name))
         paths.append(folder / name)
-    return paths[0], paths[1]
+    table = folder / "phantom_labels.csv"
+    table.write_text("id,name,color,description,volume_ml,cortical\n" + "".join(
+        f"{i},{n},{c},{d},{v},{t}\n" for i, n, c, d, v, t in TABLE))
+    paths.append(table)
+    masks = folder / "structures"
+    masks.mkdir(exist_ok=True)
+    origins = ["name,x,y,z"]
+    for label, name in MASK_NAMES.items():
+        inside = labels == label
+        lo = [int(np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != d))).min()) for d in range(3)]
+        hi = [int(np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != d))).max()) + 1 for d in range(3)]
+        np.save(masks / f"{name}.npy", inside[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.uint8))
+        origins.append(f"{name},{lo[0]},{lo[1]},{lo[2]}")
+    (folder / "structures_origins.csv").write_text("\n".join(origins) + "\n")
+    paths += [masks, folder / "structures_origins.csv"]
+    return paths

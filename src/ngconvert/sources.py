@@ -72,6 +72,21 @@ class SourceInfo:
     notes: list[str] = field(default_factory=list)
 
 
+def header_voxel_size(hdr) -> tuple[list[float], str, list[str]]:
+    """Voxel size, its unit and notes from a nibabel header.  Headers hold float32: the
+    shortest decimal that round-trips is taken (0.8, not 0.800000011920929)."""
+    zooms = [float(str(np.float32(z))) for z in hdr.get_zooms()[:3]]
+    while len(zooms) < 3:
+        zooms.append(1.0)
+    units, notes = "mm", []
+    if hasattr(hdr, "get_xyzt_units"):
+        u = hdr.get_xyzt_units()[0]
+        units = {"mm": "mm", "micron": "um", "meter": "m"}.get(u, "mm")
+        if u == "unknown":
+            notes.append("the header gives no spatial unit; assuming millimetres")
+    return zooms, units, notes
+
+
 class VolumeSource:
     info: SourceInfo
 
@@ -308,17 +323,7 @@ class NibabelSource(VolumeSource):
         slope, inter = _scaling(proxy)
         self.slope, self.inter = slope, inter
         hdr = img.header
-        # headers hold float32: take the shortest decimal that round-trips (0.8, not 0.800000011920929)
-        zooms = [float(str(np.float32(z))) for z in hdr.get_zooms()[:3]]
-        while len(zooms) < 3:
-            zooms.append(1.0)
-        units = "mm"
-        notes = []
-        if hasattr(hdr, "get_xyzt_units"):
-            u = hdr.get_xyzt_units()[0]
-            units = {"mm": "mm", "micron": "um", "meter": "m"}.get(u, "mm")
-            if u == "unknown":
-                notes.append("the header gives no spatial unit; assuming millimetres")
+        zooms, units, notes = header_voxel_size(hdr)
         label_hint = False
         try:
             label_hint = int(hdr["intent_code"]) == 1002
