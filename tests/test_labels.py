@@ -2,10 +2,7 @@
 colours, and bad tables / bad --only/--exclude names through the command line.
 
 Every segment-properties object produced here is held against the independent checker in
-``segprops_rules.py`` (written from the Neuroglancer format, not from ngconvert).  Tests
-marked ``xfail(strict=True)`` pin library bugs found while writing this file: they fail
-while the bug is there and turn into failures (XPASS) once it is fixed, so the mark must
-then be removed.
+``segprops_rules.py`` (written from the Neuroglancer format, not from ngconvert).
 """
 import colorsys
 import itertools
@@ -397,8 +394,6 @@ def test_auto_color_distinct_for_small_ids():
     assert min(_dist(colours[i], colours[i + 1]) for i in range(1, 50)) > 100
 
 
-@pytest.mark.xfail(strict=True, reason="BUG labels.auto_color: hue = (id * 0.618...) % 1.0 is computed in float64, "
-                                       "so for ids >= 2^53 the hue is always 0 (every large id is a shade of red)")
 def test_auto_color_distinct_for_large_ids():
     base = 2 ** 60
     colours = [auto_color(base + k) for k in range(10)]
@@ -496,8 +491,6 @@ def test_missing_table_is_one_line(tmp_path, volume):
 
 # library bugs in error line numbers (see the reasons)
 
-@pytest.mark.xfail(strict=True, reason="BUG labels.table_from_mapping/read_json: a JSON object repeating an id key "
-                                       "is accepted silently (json.loads keeps the last value)")
 def test_json_object_with_a_repeated_id_is_an_error(tmp_path):
     path = tmp_path / "dup.json"
     path.write_text('{\n  "1": "A",\n  "2": "B",\n  "1": "C"\n}\n')
@@ -505,8 +498,6 @@ def test_json_object_with_a_repeated_id_is_an_error(tmp_path):
         read_labels(path)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG labels._json_line: a repeated id in a JSON list is reported on the line "
-                                       "of its first occurrence ('dup.json:2: id 1 is listed twice (first on line 2)')")
 def test_json_list_repeated_id_names_the_repeat_line(tmp_path):
     path = tmp_path / "dup.json"
     path.write_text('[\n  {"id": 1, "name": "A"},\n  {"id": 2, "name": "B"},\n  {"id": 1, "name": "C"}\n]\n')
@@ -514,8 +505,6 @@ def test_json_list_repeated_id_names_the_repeat_line(tmp_path):
         read_labels(path)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG labels._rows_to_table: 'no id column' always says line 1, even when "
-                                       "comment lines come before the header")
 def test_no_id_column_names_the_header_line_after_comments(tmp_path):
     path = tmp_path / "noid.csv"
     path.write_text("# exported by X\n# version 2\nname,color\nA,#ff0000\n")
@@ -523,8 +512,6 @@ def test_no_id_column_names_the_header_line_after_comments(tmp_path):
         read_labels(path)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG labels.read_csv: line numbers count CSV records, not lines, so they "
-                                       "fall behind after a quoted field spanning two lines")
 def test_line_numbers_after_a_multiline_quoted_field(tmp_path):
     path = tmp_path / "ml.csv"
     path.write_text('id,name,description\n1,A,"two\nlines"\n2,B,x\n-3,C,y\n')
@@ -532,8 +519,6 @@ def test_line_numbers_after_a_multiline_quoted_field(tmp_path):
         read_labels(path)
 
 
-@pytest.mark.xfail(strict=True, reason="questionable labels._split_tags: whitespace separates tags even when the "
-                                       "cell uses ';', so 'grey matter;deep' gives grey, matter, deep")
 def test_csv_tag_with_a_space_becomes_one_underscored_tag(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("id,name,tags\n1,A,grey matter;deep\n")
@@ -543,8 +528,6 @@ def test_csv_tag_with_a_space_becomes_one_underscored_tag(tmp_path):
 
 # library bugs in the generated properties
 
-@pytest.mark.xfail(strict=True, reason="BUG segment_properties._number_type: finite values beyond the float32 range "
-                                       "(e.g. 1e39) are written as a float32 number property")
 def test_number_column_beyond_float32_is_valid(tmp_path):
     path = tmp_path / "big.csv"
     path.write_text("id,name,vol\n1,A,1e39\n2,B,2\n")
@@ -552,8 +535,6 @@ def test_number_column_beyond_float32_is_valid(tmp_path):
     assert check_segment_properties(info) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG labels._number: numbers already parsed (JSON NaN/Infinity) skip the "
-                                       "finiteness check, giving a float32 property holding NaN (invalid JSON)")
 def test_json_nan_does_not_make_an_invalid_number_property(tmp_path):
     path = tmp_path / "nan.json"
     path.write_text('{"1": {"name": "A", "vol": NaN}, "2": {"name": "B", "vol": 1}}')
@@ -587,8 +568,8 @@ def test_only_and_exclude_by_name_through_the_cli(tmp_path, volume, atlas_csv):
 
 
 @pytest.mark.parametrize("option, item, hint", [
-    ("--only", "hipocampus", "did you mean 'left-hippocampus', 'right-hippocampus'?"),
-    ("--exclude", "alpah", "did you mean 'alpha'?"),
+    ("--only", "hipocampus", "did you mean 'Left-Hippocampus', 'Right-Hippocampus'?"),
+    ("--exclude", "alpah", "did you mean 'Alpha'?"),
     ("--only", "2,Gamma", "check the table's names"),
 ])
 def test_unknown_name_suggests(tmp_path, volume, atlas_csv, option, item, hint):

@@ -169,8 +169,9 @@ def _mix(x: int) -> int:
 
 def auto_color(label_id: int) -> Color:
     """A stable colour for an id without one: the hue steps by the golden ratio from id to
-    id, so neighbouring ids differ strongly; saturation and value vary with a hash of the id."""
-    hue = (label_id * 0.6180339887498949) % 1.0
+    id (in 64-bit integer arithmetic, so huge ids too), so neighbouring ids differ strongly;
+    saturation and value vary with a hash of the id."""
+    hue = ((label_id * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) / 2.0 ** 64   # exact for any uint64
     h = _mix(label_id)
     sat = 0.55 + 0.40 * ((h & 0xFFFF) / 0xFFFF)
     val = 0.75 + 0.25 * (((h >> 16) & 0xFFFF) / 0xFFFF)
@@ -209,8 +210,10 @@ def _number(text):
     """An int or float for numeric text, else None."""
     if isinstance(text, bool):
         return None
-    if isinstance(text, (int, float)):
+    if isinstance(text, int):
         return text
+    if isinstance(text, float):
+        return text if math.isfinite(text) else None
     t = str(text).strip()
     if re.fullmatch(r"[+-]?\d+", t):
         return int(t)
@@ -224,8 +227,9 @@ def _number(text):
 def _split_tags(value) -> tuple[str, ...]:
     if isinstance(value, (list, tuple)):
         items = [str(v) for v in value]
-    else:
-        items = re.split(r"[;|,\s]+", str(value))
+    else:   # ; | or , separate tags when present (then spaces belong to a tag), else whitespace
+        text = str(value)
+        items = re.split(r"[;|,]" if re.search(r"[;|,]", text) else r"\s+", text)
     return tuple(t for t in (i.strip() for i in items) if t)
 
 
@@ -279,7 +283,8 @@ def _columns(headers: list[str], path) -> tuple[dict, list[int], list[tuple[int,
     return roles, components, extra
 
 
-def _rows_to_table(path, kind: str, headers: list[str], rows: list[tuple[int, list]]) -> LabelTable:
+def _rows_to_table(path, kind: str, headers: list[str], rows: list[tuple[int, list]],
+                   header_line: int = 1) -> LabelTable:
     """Header + rows (line number, values) -> table, with the documented column mapping."""
     roles, components, extra = _columns(headers, path)
     if "id" not in roles:
@@ -291,7 +296,7 @@ def _rows_to_table(path, kind: str, headers: list[str], rows: list[tuple[int, li
             del roles["name"]
             extra = [(i, h) for i, h in extra]
         else:
-            raise _err(path, 1, f"no id column in the header {headers}",
+            raise _err(path, header_line, f"no id column in the header {headers}",
                        f"name one column {', '.join(COLUMN_ROLES['id'][:4])} (see the README)")
     b = _Builder(path, kind)
     width = len(headers)
@@ -318,6 +323,8 @@ def _read_text(path) -> str:
         raw = p.read_bytes()
     except OSError as e:
         raise UserError(f"{path}: cannot read the label table ({e.strerror}); check permissions") from None
+    if b"\x00" in raw[:4096]:
+        raise UserError(f"{path}: not a text file; give a CSV, TSV, JSON or LUT label table")
     for enc in ("utf-8-sig", "latin-1"):
         try:
             return raw.decode(enc)
@@ -341,9 +348,13 @@ def read_csv(path, text: str | None = None, delimiter: str | None = None) -> Lab
     reader = csv.reader(io.StringIO("\n".join(lines[start:])), delimiter=delimiter)
     rows = []
     headers = None
-    for n, values in enumerate(reader):
-        line = start + 1 + n
+    header_line = start + 1
+    consumed = 0
+    for values in reader:
+        line = start + consumed + 1       # a quoted field may span lines: count lines, not records
+        consumed = reader.line_num
         if headers is None:
+            header_line = line
             headers = values
             if headers and _number(headers[0]) is not None:
                 raise _err(path, line, f"the first row {values[:4]} looks like data, not a header",
@@ -352,7 +363,7 @@ def read_csv(path, text: str | None = None, delimiter: str | None = None) -> Lab
         if not any(v.strip() for v in values) or values[0].lstrip().startswith("#"):
             continue
         rows.append((line, values))
-    return _rows_to_table(path, "csv" if delimiter != "\t" else "tsv", headers, rows)
+    return _rows_to_table(path, "csv" if delimiter != "\t" else "tsv", headers, rows, header_line)
 
 
 def _json_line(text: str, key) -> int:
@@ -368,10 +379,29 @@ def read_json(path, text: str | None = None, data=None) -> LabelTable:
     text = _read_text(path) if text is None and data is None else (text or "")
     if data is None:
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_PairsDict)
         except json.JSONDecodeError as e:
             raise _err(path, e.lineno, f"not valid JSON ({e.msg})", "fix the JSON syntax") from None
+        if isinstance(data, _PairsDict) and data.repeated:
+            key = data.repeated[0]
+            lines = _key_lines(text, key)
+            raise _err(path, lines[1] if len(lines) > 1 else 0, f"id {key} is listed twice"
+                       + (f" (first on line {lines[0]})" if lines else ""), "give each id one entry")
     return table_from_mapping(data, source=str(path), text=text)
+
+
+class _PairsDict(dict):
+    """A JSON object that remembers keys given more than once (json keeps the last)."""
+
+    def __init__(self, pairs):
+        super().__init__(pairs)
+        seen: set = set()
+        self.repeated = [k for k, _ in pairs if k in seen or seen.add(k)]
+
+
+def _key_lines(text: str, key) -> list[int]:
+    """Lines of every ``"key":`` in JSON text, in order."""
+    return [text.count("\n", 0, m.start()) + 1 for m in re.finditer(rf'"{re.escape(str(key))}"\s*:', text)]
 
 
 def table_from_mapping(data, source: str = "the label table", text: str = "") -> LabelTable:
@@ -396,8 +426,13 @@ def table_from_mapping(data, source: str = "the label table", text: str = "") ->
                    'give {"1": "name"} or {"1": {"name": ..., "color": "#rrggbb"}}')
     b = _Builder(source, "json")
     extra_cols: list[str] = []
-    for key, value in items:
-        line = _json_line(text, key) if text else 0
+    if isinstance(data, list) and text:     # the n-th entry's id key is the n-th id key in the text
+        id_lines = [next(k for k in obj if _norm(k) in COLUMN_ROLES["id"]) for obj in data]
+        lines_by_key = {k: iter(_key_lines(text, k)) for k in set(id_lines)}
+        item_lines = [next(lines_by_key[k], 0) for k in id_lines]
+    else:
+        item_lines = [_json_line(text, key) if text else 0 for key, _ in items]
+    for (key, value), line in zip(items, item_lines):
         if isinstance(value, dict):
             headers = list(value)
             roles, components, extra = _columns(headers, source)
@@ -408,7 +443,8 @@ def table_from_mapping(data, source: str = "the label table", text: str = "") ->
             color = get("color") if "color" in roles else None
             if components:
                 color = [vals[i] for i in components]
-            ex = {h: vals[i] for i, h in extra}
+            ex = {h: vals[i] if vals[i] is None or isinstance(vals[i], (str, int, float, bool))
+                  else json.dumps(vals[i]) for i, h in extra}
             for h in ex:
                 if h not in extra_cols:
                     extra_cols.append(h)
@@ -536,8 +572,10 @@ def resolve_ids(items, table: LabelTable | None, option: str) -> list[int]:
         if not ids:
             import difflib
 
+            spelled = {a.lower(): a for lab in table.labels.values() for a in _aliases(lab)}
             close = difflib.get_close_matches(text.lower(), list(names), n=3)
-            hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "check the table's names"
+            hint = (f"did you mean {', '.join(repr(spelled.get(c, c)) for c in close)}?" if close
+                    else "check the table's names")
             raise UserError(f"{option} {text!r}: no label of that name in {table.source}; {hint}")
         out.extend(ids)
     return sorted(set(out))

@@ -31,13 +31,21 @@ def _bool(v):
     return BOOL_WORDS.get(str(v).strip().lower())
 
 
-def _number_type(values) -> str:
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _number_type(values) -> str | None:
+    """The smallest number type that holds every value exactly enough, or None (then the
+    column is written as strings): integers beyond 32 bits or floats beyond float32."""
     if all(isinstance(v, int) for v in values):
         lo, hi = min(values, default=0), max(values, default=0)
         for t in NUMBER_TYPES:
             a, b = _INT_RANGES[t]
             if a <= lo and hi <= b:
                 return t
+        return None
+    if any(abs(v) > FLOAT32_MAX for v in values):
+        return None
     return "float32"
 
 
@@ -89,9 +97,9 @@ def segment_properties(table: LabelTable, ids: list[int]) -> tuple[dict, list[st
                     tag(i, col)
             continue
         nums = [_number(v) for v in values]
-        if values and all(n is not None for n in nums):
-            props.append({"id": _unique_id(col, taken), "type": "number", "data_type": _number_type(nums),
-                          "values": nums})
+        kind = _number_type(nums) if values and all(n is not None for n in nums) else None
+        if kind is not None:
+            props.append({"id": _unique_id(col, taken), "type": "number", "data_type": kind, "values": nums})
         else:
             props.append({"id": _unique_id(col, taken), "type": "string",
                           "values": ["" if v is None else str(v) for v in values]})
