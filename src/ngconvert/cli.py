@@ -55,7 +55,40 @@ def _add_convert(sub) -> None:
     g.add_argument("--resolution", type=_vec(float, "--resolution"), help="voxel size x,y,z (default: from the header)")
     g.add_argument("--units", default="nm", choices=["nm", "um", "mm", "m"], help="units of --resolution (default nm)")
     g.add_argument("--offset", type=_vec(int, "--offset"), default=(0, 0, 0), help="voxel_offset x,y,z (default 0,0,0)")
+    g = p.add_argument_group("meshes")
+    g.add_argument("--mesh", action="store_true", help="also write a mesh for every label (legacy format unless "
+                                                       "--mesh-format multires)")
+    _add_mesh_args(g)
     _add_output_args(p)
+
+
+def _add_mesh_args(g, format_flags=("--mesh-format",)) -> None:
+    g.add_argument(*format_flags, dest="mesh_format", choices=["legacy", "multires"], default=None,
+                   help="legacy (one fragment per segment) or multires (Draco, levels of detail)")
+    g.add_argument("--lods", type=int, default=3, help="multires levels of detail (default 3)")
+    g.add_argument("--max-error", type=float, metavar="NM",
+                   help="simplification: vertices move at most this far, in nm (default: half the smallest "
+                        "voxel of the mesh scale; 0 = none)")
+    g.add_argument("--dust", type=int, default=0, metavar="VOXELS", help="skip segments smaller than this")
+    g.add_argument("--mesh-scale", type=int, default=0, help="mesh from this scale (0 = full resolution); "
+                                                            "coarser is faster and smoother")
+    g.add_argument("--mesh-ids", metavar="IDS", help="mesh only these segment ids (comma-separated)")
+    g.add_argument("--mesh-dir", default="mesh", help="folder of the meshes in the layer (default mesh)")
+    g.add_argument("--quantization-bits", type=int, default=10, choices=[10, 16],
+                   help="multires vertex precision (default 10)")
+
+
+def _mesh_options(a, default_format: str = "legacy"):
+    from .meshing import MeshOptions
+
+    ids = None
+    if a.mesh_ids:
+        try:
+            ids = sorted({int(x) for x in a.mesh_ids.split(",") if x.strip()})
+        except ValueError:
+            raise UserError(f"--mesh-ids {a.mesh_ids}: give comma-separated segment ids, e.g. 3,17") from None
+    return MeshOptions(format=a.mesh_format or default_format, lods=a.lods, max_error=a.max_error, dust=a.dust,
+                       scale=a.mesh_scale, quantization_bits=a.quantization_bits, directory=a.mesh_dir, ids=ids)
 
 
 def _add_segment_args(p) -> None:
@@ -114,7 +147,7 @@ def _convert_options(a) -> ConvertOptions:
         task_bytes=a.task_memory << 20 if a.task_memory else None, order_file=v.get("order"),
         pad=v.get("pad") or "", flip=v.get("flip") or "", transpose=v.get("transpose", False),
         labels=v.get("labels"), only=v.get("only"), exclude=v.get("exclude"), all_labels=v.get("all_labels", False),
-        overwrite=a.overwrite, resume=a.resume, quiet=a.quiet, storage=_storage(a))
+        mesh=_mesh_options(a) if v.get("mesh") else None, overwrite=a.overwrite, resume=a.resume, quiet=a.quiet, storage=_storage(a))
 
 
 def _report(a, res, what: str) -> None:
@@ -129,6 +162,7 @@ def _report(a, res, what: str) -> None:
         return
     if not a.quiet:
         extra = f", {len(res.labels_present)} labelled segments" if res.labels_present is not None else ""
+        extra += f", {res.meshes} meshes" if res.meshes is not None else ""
         print(f"wrote {a.dest}: {len(layer.factors) + 1} scales, {res.chunks} chunks{extra}, "
               f"{res.bytes_written / 1e6:.1f} MB in {res.seconds:.1f} s", file=sys.stderr)
 
@@ -162,6 +196,9 @@ def _add_assemble(sub) -> None:
     g.add_argument("--resolution", type=_vec(float, "--resolution"),
                    help="voxel size x,y,z (default: from NIfTI masks)")
     g.add_argument("--units", default="nm", choices=["nm", "um", "mm", "m"], help="units of --resolution (default nm)")
+    g = p.add_argument_group("meshes")
+    g.add_argument("--mesh", action="store_true", help="also write a mesh for every structure")
+    _add_mesh_args(g)
     _add_output_args(p)
 
 
@@ -182,6 +219,38 @@ def _cmd_assemble(a) -> int:
         print(f"assembled {len(asm.placements)} structures into {'x'.join(map(str, asm.shape))} {asm.dtype} "
               f"voxels at offset {','.join(map(str, asm.offset))}", file=sys.stderr)
     _report(a, asm.result, "assembly")
+    return 0
+
+
+def _add_mesh(sub) -> None:
+    p = sub.add_parser("mesh", help="add or replace meshes of an existing segmentation layer",
+                       description="Mesh every label of a precomputed segmentation layer (ours or another "
+                                   "tool's) and point its info at the meshes.")
+    p.add_argument("dataset", help="folder or URL of the segmentation layer")
+    g = p.add_argument_group("meshes")
+    _add_mesh_args(g, ("--format", "--mesh-format"))
+    g = p.add_argument_group("run")
+    g.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    g.add_argument("--overwrite", action="store_true", help="replace existing meshes")
+    g.add_argument("--resume", action="store_true", help="finish an interrupted meshing run")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_storage_args(p)
+
+
+def _cmd_mesh(a) -> int:
+    from .meshing import mesh_layer
+
+    if a.workers is not None and a.workers < 1:
+        raise UserError(f"--workers {a.workers}: give 1 or more")
+    import time
+
+    t0 = time.perf_counter()
+    res = mesh_layer(a.dataset, _mesh_options(a), storage=_storage(a), workers=a.workers,
+                     quiet=a.quiet, overwrite=a.overwrite, resume=a.resume)
+    if not a.quiet:
+        dust = f", {len(res.dust)} under --dust skipped" if res.dust else ""
+        print(f"meshed {len(res.ids)} segments of {a.dataset}{dust} in {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr)
     return 0
 
 
@@ -295,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_convert(sub)
     _add_assemble(sub)
+    _add_mesh(sub)
     _add_stats(sub)
     _add_transfer(sub)
     _add_run(sub)
@@ -302,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"convert": _cmd_convert, "assemble": _cmd_assemble, "stats": _cmd_stats, "example": _cmd_example, "upload": _cmd_transfer,
+COMMANDS = {"convert": _cmd_convert, "assemble": _cmd_assemble, "mesh": _cmd_mesh, "stats": _cmd_stats, "example": _cmd_example, "upload": _cmd_transfer,
             "download": _cmd_transfer, "run": _cmd_run}
 
 

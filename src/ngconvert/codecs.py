@@ -98,6 +98,50 @@ def encode_chunk(chunk: np.ndarray, opts: EncodingOptions) -> bytes:
     raise ValueError(f"unknown encoding {opts.encoding!r}")
 
 
+def _from_image(img: np.ndarray, shape, channels: int) -> np.ndarray:
+    x, y, z = shape
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    return np.asfortranarray(img.reshape(z, y, x, channels).transpose(2, 1, 0, 3))
+
+
+def decode_chunk(data: bytes, encoding: str, shape, dtype, channels: int = 1,
+                 block_size=(8, 8, 8)) -> np.ndarray:
+    """Bytes of one stored chunk (gzip already undone) -> ``[x, y, z, c]`` F-ordered array.
+
+    Raises ``ValueError`` when the bytes do not decode to ``shape``."""
+    dtype = np.dtype(dtype)
+    x, y, z = (int(n) for n in shape)
+    if encoding == "raw":
+        need = x * y * z * channels * dtype.itemsize
+        if len(data) != need:
+            raise ValueError(f"raw chunk has {len(data)} bytes, {need} expected for {x}x{y}x{z}x{channels} {dtype}")
+        arr = np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape((x, y, z, channels), order="F")
+        return np.asfortranarray(arr.astype(dtype, copy=False))
+    if encoding in ("jpeg", "png"):
+        img = imagecodecs.jpeg8_decode(data) if encoding == "jpeg" else imagecodecs.png_decode(data)
+        if img.size != x * y * z * channels:
+            raise ValueError(f"{encoding} chunk decodes to {img.shape}, not {x}x{y * z}x{channels}")
+        return _from_image(img.astype(dtype, copy=False), shape, channels)
+    if encoding == "compressed_segmentation":
+        import compressed_segmentation as cseg
+
+        words = np.frombuffer(data[: 4 * channels], dtype="<u4")
+        if len(words) != channels:
+            raise ValueError("compressed_segmentation chunk is shorter than its channel header")
+        out = np.empty((x, y, z, channels), dtype=dtype, order="F")
+        ends = list(words[1:]) + [len(data) // 4]
+        for c in range(channels):
+            body = b"\x01\x00\x00\x00" + data[4 * int(words[c]): 4 * int(ends[c])]
+            try:
+                out[:, :, :, c] = cseg.decompress(body, (x, y, z), dtype, tuple(block_size), order="F")
+            except Exception as e:      # the kernel reports bad data with several error types
+                raise ValueError(f"compressed_segmentation chunk does not decode ({e})") from None
+        return out
+    raise ValueError(f"unknown encoding {encoding!r}")
+
+
 def gzip_compress(data: bytes, level: int = 1) -> bytes:
     """A standard gzip member (RFC 1952), made with libdeflate."""
     return deflate.gzip_compress(data, level)

@@ -16,6 +16,7 @@ from .labels import load_table, resolve_ids
 from .executors import ThreadExecutor, context, make_executor
 from .geometry import Box, Vec
 from .plan import DEFAULT_TASK_BYTES, PLAN_KEY, SCRATCH, Plan, done_key, plan_stages
+from .meshing import MeshOptions, clear_mesh_scratch, plan_meshes, run_mesh_plan
 from .progress import Progress
 from .segment_properties import write_segment_metadata
 from .pyramid import choose_chunk_size, plan_factors
@@ -61,6 +62,7 @@ class ConvertOptions:
     only: object = None                       # ids or names to keep ("17,53" or [17, "Left-Hippocampus"])
     exclude: object = None                    # ids or names to set to 0
     all_labels: bool = False                  # list table ids absent from the volume in the properties
+    mesh: object = None                       # MeshOptions: write meshes of the segmentation too
     overwrite: bool = False
     resume: bool = False
     quiet: bool = False
@@ -78,6 +80,7 @@ class ConvertResult:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     labels_present: list[int] | None = None   # label ids in the written layer (with a label table)
+    meshes: int | None = None                 # segments meshed (with ConvertOptions.mesh)
 
 
 def _resolve_dtype(src_info: SourceInfo, src, opts: ConvertOptions, origin: str, say) -> str:
@@ -180,6 +183,11 @@ def resolve_layer(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> Lay
     if labelled and layer_type == "image":
         raise UserError("--labels, --only and --exclude describe segmentations; drop --type image "
                         "or pass --type segmentation")
+    if opts.mesh is not None:
+        if layer_type == "image":
+            raise UserError("--mesh makes surfaces of segmentations; pass --type segmentation")
+        opts.mesh.check()
+        labelled = True
     if labelled and layer_type == "auto":
         layer_type = "segmentation"
     if layer_type == "auto" and opts.encoding in ("jpeg", "png"):
@@ -258,7 +266,7 @@ def resolve_layer(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> Lay
         png_level=opts.png_level, cseg_block_size=tuple(opts.cseg_block_size), downsample=method,
         skip_empty=opts.skip_empty, transform=transform,
         segments=table.to_json() if table is not None else None, keep_labels=keep, drop_labels=drop,
-        all_labels=bool(opts.all_labels))
+        all_labels=bool(opts.all_labels), mesh=opts.mesh.to_json() if opts.mesh is not None else None)
 
 
 def resolve_segments(opts: ConvertOptions):
@@ -385,6 +393,17 @@ def _execute(plan: Plan, store: Store, opts: ConvertOptions, result: "ConvertRes
                 if res.labels is not None:
                     seen.append(res.labels)
                 bar.update(1, res.bytes_written)
+    if plan.layer.mesh is not None:
+        info = plan.layer.info()
+        info.pop("mesh")
+        mesh_plan = plan_meshes(info, MeshOptions.from_json(plan.layer.mesh), executor.workers)
+        if not opts.resume:
+            clear_mesh_scratch(store)
+        meshed = run_mesh_plan(store, mesh_plan, opts.workers, opts.quiet, opts.resume, executor=executor)
+        result.meshes = len(meshed.ids)
+        if meshed.dust:
+            result.warnings.append(f"{len(meshed.dust)} segment(s) under the dust threshold were not meshed")
+        clear_mesh_scratch(store)
     if plan.layer.transform is not None:
         store.put("transform.json", dumps(plan.layer.transform), content_type="application/json")
     if survey:

@@ -52,6 +52,7 @@ class LayerSpec:
     keep_labels: list[int] | None = None     # --only: every other label becomes 0
     drop_labels: list[int] | None = None     # --exclude: these labels become 0
     all_labels: bool = False                 # list table ids absent from the volume too
+    mesh: dict | None = None                 # MeshOptions JSON: meshes written after the volume
 
     @property
     def bounds(self) -> Box:
@@ -98,6 +99,8 @@ class LayerSpec:
         }
         if self.segments is not None:
             info["segment_properties"] = "segment_properties"
+        if self.mesh is not None:
+            info["mesh"] = self.mesh.get("directory", "mesh")
         return info
 
     @property

@@ -236,6 +236,10 @@ class Store:
     def is_empty(self) -> bool:
         return next(iter(self.list("")), None) is None
 
+    def is_empty_prefix(self, prefix: str) -> bool:
+        """True when no key starts with ``prefix``."""
+        return next(iter(self.list(prefix)), None) is None
+
     def clear(self) -> None:
         """Remove every object under the root (used by ``--overwrite``)."""
         self.delete_prefix("")

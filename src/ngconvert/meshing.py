@@ -1,0 +1,393 @@
+"""Meshes for a segmentation layer: marching cubes over regions, merged per segment.
+
+Two stages of independent tasks, like the volume plan:
+
+1. *region tasks* read a block of the mesh scale with one voxel of overlap on the high
+   sides (and zero padding on the dataset's faces, so surfaces close there), run zmesh's
+   multi-label marching cubes with simplification bounded by ``max_error``, and leave each
+   label's piece, in nanometres, in the scratch area, grouped into batches by id;
+2. *segment tasks* take one batch, weld each segment's pieces (the overlap makes the pieces
+   meet on shared vertices, so the seams close), drop segments under the dust threshold and
+   write the legacy or multi-resolution mesh (coarser levels simplified with growing error).
+
+Region boundaries are never simplified away (zmesh keeps open borders), which is what makes
+the seams watertight.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .codecs import gzip_compress
+from .errors import UserError
+from .executors import context, make_executor
+from .geometry import Box, ChunkGrid
+from .mesh_formats import legacy_fragment, legacy_manifest, mesh_info, multires_segment
+from .mesh_geometry import Mesh, compact, concat, weld
+from .progress import Progress
+from .spec import dumps
+from .store import Store
+from .volume_reader import PrecomputedVolume
+
+MESH_SCRATCH = ".ngconvert/mesh"
+FORMATS = ("legacy", "multires")
+
+
+@dataclass
+class MeshOptions:
+    """How to mesh a segmentation layer (JSON-able; kept in the plan for --resume)."""
+
+    format: str = "multires"            # legacy or multires
+    lods: int = 3                       # multires levels of detail
+    max_error: float | None = None      # simplification bound in nm (default: half the smallest voxel)
+    dust: int = 0                       # skip segments with fewer voxels than this
+    scale: int = 0                      # mesh this scale of the layer
+    quantization_bits: int = 10         # multires vertex quantization: 10 or 16
+    directory: str = "mesh"
+    ids: list[int] | None = None        # mesh only these segments
+    region: int = 256                   # region task edge, in voxels of the mesh scale
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, o) -> "MeshOptions":
+        return cls(**o)
+
+    def check(self) -> None:
+        if self.format not in FORMATS:
+            raise UserError(f"--format {self.format}: choose legacy or multires")
+        if not 1 <= self.lods <= 10:
+            raise UserError(f"--lods {self.lods}: choose 1 to 10")
+        if self.max_error is not None and not self.max_error >= 0:
+            raise UserError(f"--max-error {self.max_error}: give 0 (no simplification) or more, in nm")
+        if self.dust < 0:
+            raise UserError(f"--dust {self.dust}: give 0 or more voxels")
+        if self.quantization_bits not in (10, 16):
+            raise UserError(f"--quantization-bits {self.quantization_bits}: the format allows 10 or 16")
+        if self.region < 16:
+            raise UserError(f"--mesh-region {self.region}: give 16 voxels or more")
+        if not self.directory or "/" in self.directory.strip("/") or self.directory in (".", ".."):
+            raise UserError(f"--mesh-dir {self.directory!r}: give a plain folder name such as mesh")
+
+
+@dataclass
+class MeshPlan:
+    options: MeshOptions
+    info: dict                          # the volume's info (the layer may not have one stored yet)
+    batches: int
+    error_nm: float
+    _grid: ChunkGrid | None = field(default=None, repr=False)
+
+    @property
+    def bounds(self) -> Box:
+        s = self.info["scales"][self.options.scale]
+        start = tuple(int(v) for v in s.get("voxel_offset", (0, 0, 0)))
+        return Box(start, tuple(a + int(n) for a, n in zip(start, s["size"])))
+
+    @property
+    def resolution(self) -> np.ndarray:
+        return np.array(self.info["scales"][self.options.scale]["resolution"], np.float64)
+
+    def grid(self) -> ChunkGrid:
+        if self._grid is None:
+            self._grid = ChunkGrid(self.bounds, (self.options.region,) * 3)
+        return self._grid
+
+    def regions(self):
+        g = self.grid()
+        for n, (k, j, i) in enumerate(itertools.product(*(range(s) for s in reversed(g.shape)))):
+            yield n, g.cell((i, j, k))
+
+    def to_json(self) -> dict:
+        return {"options": self.options.to_json(), "info": self.info, "batches": self.batches,
+                "error_nm": self.error_nm}
+
+    @classmethod
+    def from_json(cls, o) -> "MeshPlan":
+        return cls(MeshOptions.from_json(o["options"]), o["info"], o["batches"], o["error_nm"])
+
+
+def plan_meshes(info: dict, options: MeshOptions, workers: int) -> MeshPlan:
+    options.check()
+    if info.get("type") != "segmentation":
+        raise UserError("meshes are made from segmentation layers; this layer is an image")
+    if int(info.get("num_channels", 1)) != 1:
+        raise UserError("meshes need a one-channel segmentation")
+    if not 0 <= options.scale < len(info["scales"]):
+        raise UserError(f"--mesh-scale {options.scale}: the layer has scales 0..{len(info['scales']) - 1}")
+    res = np.array(info["scales"][options.scale]["resolution"], np.float64)
+    error = float(options.max_error) if options.max_error is not None else 0.5 * float(res.min())
+    plan = MeshPlan(options, info, max(1, 4 * workers), error)
+    return plan
+
+
+# ---------------------------------------------------------------- stage 1: regions
+
+
+def _npz(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def mesh_region(labels: np.ndarray, resolution, error_nm: float) -> dict[int, Mesh]:
+    """Meshes of every non-zero label of ``labels`` (``[x, y, z]``), in voxel units of the
+    array with voxel centres at ``i + 0.5``."""
+    import zmesh
+
+    res = np.asarray(resolution, np.float64)
+    aniso = res / res.min()
+    mesher = zmesh.Mesher(tuple(aniso))
+    mesher.mesh(np.asfortranarray(labels), close=False)
+    out = {}
+    err = error_nm / res.min()
+    for label in mesher.ids():
+        m = mesher.get(int(label), normals=False, reduction_factor=100 if err > 0 else 0,
+                       max_error=err if err > 0 else None, voxel_centered=True)
+        mesher.erase(int(label))
+        if len(m.faces):
+            out[int(label)] = (np.asarray(m.vertices, np.float64) / aniso, np.asarray(m.faces, np.int64))
+    mesher.clear()
+    return out
+
+
+def run_region(store: Store, plan: MeshPlan, index: int, box: Box) -> int:
+    """Mesh one region; returns the number of labels meshed."""
+    import fastremap
+
+    bounds = plan.bounds
+    ext = Box(box.start, tuple(min(b + 1, hi) for b, hi in zip(box.stop, bounds.stop)))
+    vol = PrecomputedVolume(store, plan.info)
+    data = vol.read(plan.options.scale, ext)[..., 0]
+    if plan.options.ids is not None:
+        data = fastremap.mask_except(data, [int(i) for i in plan.options.ids], in_place=False)
+    core = data[tuple(slice(0, n) for n in box.shape)]
+    ids, counts = fastremap.unique(core, return_counts=True)
+    keep = ids != 0
+    ids, counts = ids[keep], counts[keep]
+    if len(ids) == 0:
+        return 0
+    # zero padding where the region touches the dataset's faces closes the surfaces there
+    before = tuple(int(s == lo) for s, lo in zip(ext.start, bounds.start))
+    after = tuple(int(e == hi) for e, hi in zip(ext.stop, bounds.stop))
+    padded = np.pad(data, tuple(zip(before, after)))
+    meshes = mesh_region(padded, plan.resolution, plan.error_nm)
+    shift = np.array(ext.start, np.float64) - np.array(before)
+    res = plan.resolution
+    by_batch: dict[int, list] = {}
+    count_of = dict(zip(ids.tolist(), counts.tolist()))
+    for label in sorted(set(meshes) | set(count_of)):
+        v, f = meshes.get(label, (np.zeros((0, 3)), np.zeros((0, 3), np.int64)))
+        by_batch.setdefault(label % plan.batches, []).append(
+            (label, (v + shift) * res, f, count_of.get(label, 0)))
+    for batch, items in by_batch.items():
+        store.put(f"{MESH_SCRATCH}/{batch}/{index}", _npz(
+            ids=np.array([i[0] for i in items], np.uint64),
+            counts=np.array([i[3] for i in items], np.int64),
+            nv=np.array([len(i[1]) for i in items], np.int64),
+            nf=np.array([len(i[2]) for i in items], np.int64),
+            vertices=np.concatenate([i[1] for i in items]).astype(np.float64),
+            faces=np.concatenate([i[2] for i in items]).astype(np.int64)))
+    return len(ids)
+
+
+# ---------------------------------------------------------------- stage 2: segments
+
+
+def simplify_levels(mesh: Mesh, error_nm: float, voxel_nm: float, lods: int) -> list[Mesh]:
+    """``lods`` versions of a mesh: the mesh itself, then simplified with an error bound
+    doubling from level to level (at least one voxel at level 1)."""
+    import zmesh
+
+    v, f = mesh
+    out = [mesh]
+    if lods == 1 or len(f) == 0:
+        return out
+    lo = v.min(axis=0)
+    local = (v - lo) / voxel_nm            # the simplifier works in a range below 2^20
+    simplifier = zmesh.Mesher((1, 1, 1))
+    for lod in range(1, lods):
+        err = max(error_nm, voxel_nm) * 2 ** lod / voxel_nm
+        m = simplifier.simplify(zmesh.Mesh(local.astype(np.float32), f.astype(np.uint32), None),
+                                reduction_factor=2 ** (lod + 1), max_error=err,
+                                compute_normals=False)
+        sv, sf = np.asarray(m.vertices, np.float64), np.asarray(m.faces, np.int64)
+        # the simplifier can leave a collapsed vertex as NaN: drop faces that use one
+        sf = sf[np.isfinite(sv).all(axis=1)[sf].all(axis=1)] if len(sf) else sf
+        sv, sf = compact(sv, sf)
+        out.append((sv * voxel_nm + lo, sf) if len(sf) else out[-1])
+    return out
+
+
+def write_segment(store: Store, directory: str, fmt: str, label: int, mesh: Mesh, voxel_nm: float,
+                  error_nm: float, lods: int, bits: int, bbox: str = "") -> int:
+    """Write one segment's mesh (nm, welded); returns bytes written."""
+    v, f = mesh
+    if fmt == "legacy":
+        name = f"{label}:0:{bbox or 'mesh'}"
+        frag = legacy_fragment(v, f)
+        store.put(f"{directory}/{name}", gzip_compress(frag, 6), content_encoding="gzip")
+        store.put(f"{directory}/{label}:0", legacy_manifest([name]), content_type="application/json")
+        return len(frag)
+    seg = multires_segment(simplify_levels(mesh, error_nm, voxel_nm, lods), voxel_nm, bits, lods)
+    store.put(f"{directory}/{label}", seg.fragments)
+    store.put(f"{directory}/{label}.index", seg.manifest)
+    return len(seg.fragments) + len(seg.manifest)
+
+
+def _bbox_name(v: np.ndarray, res: np.ndarray) -> str:
+    lo = np.floor(v.min(axis=0) / res).astype(int)
+    hi = np.ceil(v.max(axis=0) / res).astype(int)
+    return "_".join(f"{a}-{b}" for a, b in zip(lo, hi))
+
+
+def run_batch(store: Store, plan: MeshPlan, batch: int) -> tuple[list[int], list[int]]:
+    """Merge and write every segment of a batch; returns (ids written, ids dropped as dust)."""
+    pieces: dict[int, list[Mesh]] = {}
+    counts: dict[int, int] = {}
+    for key, _size in sorted(store.list(f"{MESH_SCRATCH}/{batch}/")):
+        blob = store.get(key)
+        if blob is None:
+            continue
+        z = np.load(io.BytesIO(blob))
+        vo = fo = 0
+        for label, c, nv, nf in zip(z["ids"].tolist(), z["counts"].tolist(), z["nv"].tolist(), z["nf"].tolist()):
+            counts[label] = counts.get(label, 0) + c
+            if nf:
+                pieces.setdefault(label, []).append((z["vertices"][vo:vo + nv], z["faces"][fo:fo + nf]))
+            vo, fo = vo + nv, fo + nf
+    written, dust = [], []
+    opts = plan.options
+    res = plan.resolution
+    for label in sorted(counts):
+        if counts[label] < opts.dust:
+            dust.append(label)
+            continue
+        if label not in pieces:
+            continue
+        mesh = weld(*concat(pieces[label]), decimals=3)
+        if len(mesh[1]) == 0:
+            continue
+        write_segment(store, opts.directory, opts.format, label, mesh, float(res.min()), plan.error_nm,
+                      opts.lods, opts.quantization_bits, _bbox_name(mesh[0], res))
+        written.append(label)
+    return written, dust
+
+
+# ---------------------------------------------------------------- running
+
+
+def _run_region(item):
+    ctx = context()
+    index, box = item
+    return run_region(ctx["store"], ctx["mesh_plan"], index, box)
+
+
+def _run_batch(batch):
+    ctx = context()
+    return run_batch(ctx["store"], ctx["mesh_plan"], batch)
+
+
+def _done(stage: str, n: int) -> str:
+    return f"{MESH_SCRATCH}-done/{stage}/{n}"
+
+
+@dataclass
+class MeshResult:
+    ids: list[int] = field(default_factory=list)
+    dust: list[int] = field(default_factory=list)
+
+
+def run_mesh_plan(store: Store, plan: MeshPlan, workers: int | None, quiet: bool, resume: bool,
+                  executor=None) -> MeshResult:
+    """Both stages, skipping tasks an interrupted run finished; writes ``<dir>/info``."""
+    executor = executor or make_executor(workers)
+    ctx = {"store": store, "mesh_plan": plan}
+    regions = list(plan.regions())
+    result = MeshResult()
+    total = len(regions) + plan.batches
+    with Progress(total, "meshing", quiet=quiet) as bar:
+        todo = []
+        for n, box in regions:
+            if resume and store.exists(_done("regions", n)):
+                bar.update(1)
+            else:
+                todo.append((n, box))
+        for (n, _box), _count in executor.run(_run_region, todo, ctx):
+            store.put(_done("regions", n), b"")
+            bar.update(1)
+        todo = []
+        for b in range(plan.batches):
+            blob = store.get(_done("segments", b)) if resume else None
+            if blob is not None:
+                done = json.loads(blob)
+                result.ids += done["ids"]
+                result.dust += done["dust"]
+                bar.update(1)
+            else:
+                todo.append(b)
+        for b, (ids, dust) in executor.run(_run_batch, todo, ctx):
+            store.put(_done("segments", b), json.dumps({"ids": ids, "dust": dust}).encode())
+            result.ids += ids
+            result.dust += dust
+            bar.update(1)
+    result.ids.sort()
+    result.dust.sort()
+    sp = "../segment_properties" if "segment_properties" in plan.info else None
+    store.put(f"{plan.options.directory}/info", dumps(mesh_info(plan.options.format, sp,
+                                                                 plan.options.quantization_bits)),
+              content_type="application/json")
+    return result
+
+
+def clear_mesh_scratch(store: Store) -> None:
+    store.delete_prefix(MESH_SCRATCH + "/")
+    store.delete_prefix(MESH_SCRATCH + "-done/")
+
+
+MESH_PLAN_KEY = ".ngconvert/mesh-plan.json"
+
+
+def mesh_layer(dest, options: MeshOptions | None = None, *, storage=None, workers: int | None = None,
+               quiet: bool = True, overwrite: bool = False, resume: bool = False) -> MeshResult:
+    """Add meshes to an existing segmentation layer (``ngconvert mesh``).
+
+    The layer's ``info`` gains ``"mesh": <directory>`` once every mesh is written; an
+    interrupted run is finished with ``resume=True``."""
+    from .store import open_store
+
+    options = options or MeshOptions()
+    store = open_store(dest, storage if "://" in str(dest) else None)
+    blob = store.get("info")
+    if blob is None:
+        if store.exists(".ngconvert/plan.json"):
+            raise UserError(f"{store.url}: the conversion is not finished; finish it with --resume first")
+        raise UserError(f"{store.url} has no info file; give the folder of a segmentation layer")
+    info = json.loads(blob)
+    if resume:
+        saved = store.get(MESH_PLAN_KEY)
+        if saved is None:
+            raise UserError(f"{store.url} has no interrupted meshing to resume; run without --resume")
+        plan = MeshPlan.from_json(json.loads(saved))
+    else:
+        old = info.get("mesh")
+        existing = [d for d in {old, options.directory} if d and not store.is_empty_prefix(d + "/")]
+        if existing and not overwrite:
+            raise UserError(f"{store.url} already has meshes in {existing[0]}/; pass --overwrite to replace them")
+        info.pop("mesh", None)
+        plan = plan_meshes(info, options, workers or make_executor(workers).workers)
+        for d in existing:
+            store.delete_prefix(d + "/")
+        clear_mesh_scratch(store)
+        store.put(MESH_PLAN_KEY, dumps(plan.to_json()), content_type="application/json")
+    result = run_mesh_plan(store, plan, workers, quiet, resume)
+    info = dict(plan.info)
+    info["mesh"] = plan.options.directory
+    store.put("info", dumps(info), content_type="application/json")
+    store.delete_prefix(".ngconvert/")       # mesh scratch, the plan and temporaries: the layer is complete
+    return result

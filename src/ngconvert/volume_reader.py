@@ -1,0 +1,74 @@
+"""Reading regions of an existing precomputed volume through a store (any writer's output).
+
+Used to mesh a written layer, and by commands that read datasets back.  Missing chunks
+read as zeros, as in the viewer.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .codecs import decode_chunk
+from .errors import UserError
+from .geometry import Box, ChunkGrid, chunk_key
+from .store import Store
+
+
+class PrecomputedVolume:
+    def __init__(self, store: Store, info: dict | None = None):
+        self.store = store
+        if info is None:
+            blob = store.get("info")
+            if blob is None:
+                raise UserError(f"{store.url} has no info file; give the folder of a precomputed layer")
+            try:
+                info = json.loads(blob)
+            except ValueError:
+                raise UserError(f"{store.describe('info')} is not valid JSON") from None
+        if info.get("@type", "neuroglancer_multiscale_volume") != "neuroglancer_multiscale_volume" or \
+                "scales" not in info:
+            raise UserError(f"{store.url} is not a precomputed volume (info @type {info.get('@type')!r})")
+        self.info = info
+        self.dtype = np.dtype(info["data_type"])
+        self.channels = int(info.get("num_channels", 1))
+
+    def scale(self, index: int) -> dict:
+        scales = self.info["scales"]
+        if not 0 <= index < len(scales):
+            raise UserError(f"{self.store.url} has scales 0..{len(scales) - 1}, not {index}")
+        return scales[index]
+
+    def bounds(self, index: int) -> Box:
+        s = self.scale(index)
+        start = tuple(int(v) for v in s.get("voxel_offset", (0, 0, 0)))
+        return Box(start, tuple(a + int(n) for a, n in zip(start, s["size"])))
+
+    def resolution(self, index: int) -> tuple[float, float, float]:
+        return tuple(float(r) for r in self.scale(index)["resolution"])
+
+    def read(self, index: int, box: Box) -> np.ndarray:
+        """The voxels of ``box`` (dataset coordinates) at scale ``index``: ``[x, y, z, c]``."""
+        s = self.scale(index)
+        if "sharding" in s:
+            raise UserError(f"{self.store.url}: scale {s['key']} is sharded; reading sharded scales is not "
+                            "supported by this command yet")
+        bounds = self.bounds(index)
+        box = box.intersect(bounds)
+        out = np.zeros(box.shape + (self.channels,), dtype=self.dtype, order="F")
+        chunk = tuple(int(c) for c in s["chunk_sizes"][0])
+        grid = ChunkGrid(bounds, chunk)
+        block = tuple(s.get("compressed_segmentation_block_size", (8, 8, 8)))
+        cells = list(grid.cells_in(box))
+        keys = {f"{s['key']}/{chunk_key(c)}": c for c in cells}
+        for key, data in self.store.get_many(list(keys)):
+            if data is None:
+                continue
+            cell = keys[key]
+            try:
+                arr = decode_chunk(data, s["encoding"], cell.shape, self.dtype, self.channels, block)
+            except ValueError as e:
+                raise UserError(f"{self.store.describe(key)}: {e}; the dataset is damaged") from None
+            inter = cell.intersect(box)
+            out[inter.slices(box.start)] = arr[inter.slices(cell.start)]
+        return out
