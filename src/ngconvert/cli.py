@@ -254,6 +254,59 @@ def _cmd_mesh(a) -> int:
     return 0
 
 
+def _add_mesh_import(sub) -> None:
+    p = sub.add_parser("mesh-import", help="add surface meshes (GIfTI, FreeSurfer, OBJ, STL, PLY, OFF, VTK) as "
+                                           "segment meshes",
+                       description="Link surface meshes to segment ids, in a segmentation layer (added to its "
+                                   "meshes) or in a new mesh-only dataset. Coordinates: the file's vertices "
+                                   "times --transform, in --units (default mm for GIfTI/FreeSurfer, nm "
+                                   "otherwise), or --from-world through the layer's NIfTI affine.")
+    p.add_argument("files", nargs="*", help="mesh files (all linked to --id); omit with --ids")
+    p.add_argument("dest", help="a segmentation layer, a mesh dataset, or a new folder")
+    g = p.add_argument_group("ids")
+    g.add_argument("--id", type=int, help="segment id of every file given")
+    g.add_argument("--ids", metavar="CSV", help="'id,file[,file...]' per line: many meshes at once")
+    g.add_argument("--labels", metavar="TABLE", help="label table for the segment properties of a new mesh dataset")
+    g = p.add_argument_group("coordinates")
+    g.add_argument("--transform", metavar="FILE", help="4x4 affine (16 numbers, or 12 for 3x4) applied to the "
+                                                        "file's vertices")
+    g.add_argument("--units", choices=["nm", "um", "mm", "m"], help="units of the (transformed) vertices")
+    g.add_argument("--from-world", action="store_true",
+                   help="the vertices are world coordinates of the layer's NIfTI affine (transform.json)")
+    g = p.add_argument_group("format")
+    g.add_argument("--format", dest="mesh_format", choices=["legacy", "multires"],
+                   help="mesh format of a new mesh folder (default legacy; an existing one keeps its format)")
+    g.add_argument("--lods", type=int, default=3, help="multires levels of detail (default 3)")
+    g.add_argument("--quantization-bits", type=int, default=10, choices=[10, 16])
+    g.add_argument("--overwrite", action="store_true", help="replace meshes the ids already have")
+    _add_storage_args(p)
+
+
+def _cmd_mesh_import(a) -> int:
+    from .mesh_import import import_meshes, read_id_list, read_transform
+
+    if a.ids and a.id is not None:
+        raise UserError("give --id or --ids, not both")
+    if a.ids:
+        items = read_id_list(a.ids) + ([(0, a.files)] if a.files else [])
+        if a.files:
+            raise UserError("with --ids the files come from the list; drop the file arguments")
+    elif a.id is not None:
+        if not a.files:
+            raise UserError("no mesh files given")
+        items = [(a.id, a.files)]
+    else:
+        raise UserError("say which segment the meshes belong to: --id N, or --ids list.csv")
+    matrix = read_transform(a.transform) if a.transform else None
+    res = import_meshes(items, a.dest, matrix=matrix, units=a.units, from_world=a.from_world, fmt=a.mesh_format,
+                        labels=a.labels, overwrite=a.overwrite, storage=_storage(a), lods=a.lods,
+                        quantization_bits=a.quantization_bits)
+    for w in res.warnings:
+        print(f"ngconvert: warning: {w}", file=sys.stderr)
+    print(f"imported {res.files} mesh file(s) as {len(res.ids)} segment(s) into {a.dest}", file=sys.stderr)
+    return 0
+
+
 def _add_stats(sub) -> None:
     p = sub.add_parser("stats", help="per-scale size, chunks and stored bytes of a dataset")
     p.add_argument("dataset", help="folder of a precomputed dataset")
@@ -365,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_assemble(sub)
     _add_mesh(sub)
+    _add_mesh_import(sub)
     _add_stats(sub)
     _add_transfer(sub)
     _add_run(sub)
@@ -372,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"convert": _cmd_convert, "assemble": _cmd_assemble, "mesh": _cmd_mesh, "stats": _cmd_stats, "example": _cmd_example, "upload": _cmd_transfer,
+COMMANDS = {"convert": _cmd_convert, "assemble": _cmd_assemble, "mesh": _cmd_mesh, "mesh-import": _cmd_mesh_import, "stats": _cmd_stats, "example": _cmd_example, "upload": _cmd_transfer,
             "download": _cmd_transfer, "run": _cmd_run}
 
 

@@ -228,15 +228,16 @@ def write_segment(store: Store, directory: str, fmt: str, label: int, mesh: Mesh
                   error_nm: float, lods: int, bits: int, bbox: str = "") -> int:
     """Write one segment's mesh (nm, welded); returns bytes written."""
     v, f = mesh
+    prefix = f"{directory}/" if directory else ""     # "" for a mesh-only dataset
     if fmt == "legacy":
         name = f"{label}:0:{bbox or 'mesh'}"
         frag = legacy_fragment(v, f)
-        store.put(f"{directory}/{name}", gzip_compress(frag, 6), content_encoding="gzip")
-        store.put(f"{directory}/{label}:0", legacy_manifest([name]), content_type="application/json")
+        store.put(prefix + name, gzip_compress(frag, 6), content_encoding="gzip")
+        store.put(f"{prefix}{label}:0", legacy_manifest([name]), content_type="application/json")
         return len(frag)
     seg = multires_segment(simplify_levels(mesh, error_nm, voxel_nm, lods), voxel_nm, bits, lods)
-    store.put(f"{directory}/{label}", seg.fragments)
-    store.put(f"{directory}/{label}.index", seg.manifest)
+    store.put(f"{prefix}{label}", seg.fragments)
+    store.put(f"{prefix}{label}.index", seg.manifest)
     return len(seg.fragments) + len(seg.manifest)
 
 
