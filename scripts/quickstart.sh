@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Set up ngconvert and run the main job on the built-in example, on local cores:
-# a head phantom (image), its atlas (labels + label table) and the same atlas assembled
+# a head phantom (image), its atlas (labels + label table + multires meshes) and the same atlas assembled
 # from one mask per structure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet -e .
 ngconvert example data/
 ngconvert convert data/phantom.nii.gz out/phantom --overwrite
-ngconvert convert data/phantom_labels.nii.gz out/phantom_labels --labels data/phantom_labels.csv --overwrite
+ngconvert convert data/phantom_labels.nii.gz out/phantom_labels --labels data/phantom_labels.csv --mesh \
+    --mesh-format multires --overwrite
 ngconvert assemble data/structures out/phantom_assembled --origins data/structures_origins.csv \
     --labels data/phantom_labels.csv --resolution 1,1,1 --units mm --overwrite
 ngconvert stats out/phantom

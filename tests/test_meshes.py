@@ -192,3 +192,32 @@ def test_serial_and_parallel_meshes_are_identical(tmp_path):
             "multires", "--workers", w, "--quiet", check=0)
     files = lambda root: {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
     assert files(tmp_path / "1") == files(tmp_path / "2")
+
+
+def test_interrupted_meshing_resumes_to_the_same_bytes(tmp_path, monkeypatch):
+    import ngconvert.meshing as meshing
+    from ngconvert.executors import SerialExecutor
+
+    a = blobs((64, 64, 48), seed=7, n=6)
+    for name in ("clean", "broken"):
+        ngconvert.write_segmentation(a, tmp_path / name, resolution=(2, 2, 3))
+    opts = dict(format="multires", region=16)
+    mesh_layer(tmp_path / "clean", MeshOptions(**opts), workers=1)
+
+    class Interrupted(SerialExecutor):
+        def run(self, fn, items, context):
+            for n, pair in enumerate(super().run(fn, items, context)):
+                if n == 5:
+                    raise RuntimeError("worker lost")
+                yield pair
+
+    monkeypatch.setattr(meshing, "make_executor", lambda workers: Interrupted())
+    with pytest.raises(RuntimeError, match="worker lost"):
+        mesh_layer(tmp_path / "broken", MeshOptions(**opts), workers=1)
+    assert "mesh" not in json.loads((tmp_path / "broken" / "info").read_text())
+    with pytest.raises(ngconvert.UserError, match="--resume"):
+        mesh_layer(tmp_path / "broken", MeshOptions(**opts), workers=1)
+    monkeypatch.undo()
+    mesh_layer(tmp_path / "broken", workers=1, resume=True)
+    files = lambda root: {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert files(tmp_path / "broken") == files(tmp_path / "clean")

@@ -378,6 +378,9 @@ def mesh_layer(dest, options: MeshOptions | None = None, *, storage=None, worker
     else:
         old = info.get("mesh")
         existing = [d for d in {old, options.directory} if d and not store.is_empty_prefix(d + "/")]
+        if store.exists(MESH_PLAN_KEY) and not overwrite:
+            raise UserError(f"{store.url} has an interrupted meshing run; pass --resume to finish it or "
+                            "--overwrite to start again")
         if existing and not overwrite:
             raise UserError(f"{store.url} already has meshes in {existing[0]}/; pass --overwrite to replace them")
         info.pop("mesh", None)
