@@ -121,6 +121,7 @@ def _add_output_args(p) -> None:
     g.add_argument("--block-size", type=_vec(int, "--block-size"), default=(8, 8, 8),
                    help="compressed_segmentation block size (default 8,8,8)")
     g.add_argument("--skip-empty", action="store_true", help="do not store chunks that are all zero")
+    _add_sharding_args(p)
     g = p.add_argument_group("run")
     g.add_argument("--workers", type=int, help="worker processes (default: all cores)")
     g.add_argument("--task-memory", type=int, metavar="MB",
@@ -131,6 +132,31 @@ def _add_output_args(p) -> None:
     g.add_argument("--dry-run", action="store_true", help="print the planned scales and tasks; write nothing")
     g.add_argument("--quiet", action="store_true", help="no progress bar or notes")
     _add_storage_args(p)
+
+
+def _add_sharding_args(p) -> None:
+    g = p.add_argument_group("sharded format")
+    g.add_argument("--sharded", action="store_true", help="pack chunks into shard files (parameters chosen "
+                                                           "per scale; see the README)")
+    g.add_argument("--shard-size", type=int, metavar="MB",
+                   help="uncompressed chunk data per shard (default 2048 MB)")
+    g.add_argument("--shard-hash", default="identity", choices=["identity", "murmurhash3_x86_128"],
+                   help="chunk key hash (default identity: shards are spatial blocks)")
+    g.add_argument("--sharding", metavar="JSON", help="an explicit sharding spec for every scale, e.g. "
+                                                      "'{\"preshift_bits\": 6, \"minishard_bits\": 3, ...}'")
+
+
+def _sharding_json(text):
+    if not text:
+        return None
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        raise UserError("--sharding: not valid JSON; give e.g. '{\"preshift_bits\": 6, \"hash\": \"identity\", "
+                        "\"minishard_bits\": 3, \"shard_bits\": 4}'") from None
+    if not isinstance(obj, dict):
+        raise UserError("--sharding: give a JSON object")
+    return obj
 
 
 def _convert_options(a) -> ConvertOptions:
@@ -147,7 +173,9 @@ def _convert_options(a) -> ConvertOptions:
         task_bytes=a.task_memory << 20 if a.task_memory else None, order_file=v.get("order"),
         pad=v.get("pad") or "", flip=v.get("flip") or "", transpose=v.get("transpose", False),
         labels=v.get("labels"), only=v.get("only"), exclude=v.get("exclude"), all_labels=v.get("all_labels", False),
-        mesh=_mesh_options(a) if v.get("mesh") else None, overwrite=a.overwrite, resume=a.resume, quiet=a.quiet, storage=_storage(a))
+        mesh=_mesh_options(a) if v.get("mesh") else None, sharded=a.sharded,
+        shard_bytes=a.shard_size << 20 if a.shard_size else None, shard_hash=a.shard_hash,
+        sharding=_sharding_json(a.sharding), overwrite=a.overwrite, resume=a.resume, quiet=a.quiet, storage=_storage(a))
 
 
 def _report(a, res, what: str) -> None:

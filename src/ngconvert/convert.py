@@ -15,10 +15,11 @@ from .errors import UserError
 from .labels import load_table, resolve_ids
 from .executors import ThreadExecutor, context, make_executor
 from .geometry import Box, Vec
-from .plan import DEFAULT_TASK_BYTES, PLAN_KEY, SCRATCH, Plan, done_key, plan_stages
+from .plan import CHUNK_SCRATCH, DEFAULT_TASK_BYTES, PLAN_KEY, SCRATCH, Plan, done_key, plan_stages
 from .meshing import MeshOptions, clear_mesh_scratch, plan_meshes, run_mesh_plan
 from .progress import Progress
 from .segment_properties import write_segment_metadata
+from .shard_tasks import plan_shard_tasks, run_shard_task, shard_done_key
 from .pyramid import choose_chunk_size, plan_factors
 from .sources import (UNIT_TO_NM, SliceOptions, SourceInfo, SourceRef, open_source, prepare, ref_for,
                       release)
@@ -63,6 +64,10 @@ class ConvertOptions:
     exclude: object = None                    # ids or names to set to 0
     all_labels: bool = False                  # list table ids absent from the volume in the properties
     mesh: object = None                       # MeshOptions: write meshes of the segmentation too
+    sharded: bool = False                     # write every scale in the sharded format
+    shard_bytes: int | None = None            # target uncompressed chunk bytes per shard
+    shard_hash: str = "identity"              # identity or murmurhash3_x86_128
+    sharding: dict | None = None              # an explicit sharding spec for every scale
     overwrite: bool = False
     resume: bool = False
     quiet: bool = False
@@ -259,6 +264,9 @@ def resolve_layer(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> Lay
     world_units = info.world_units if info.affine is not None else opts.world_units
     transform = make_transform(affine, world_units, offset, resolution, origin) if affine is not None else None
 
+    sharding = resolve_sharding(opts, bounds, resolution, chunk, factors, encoding, compress,
+                                np.dtype(data_type).itemsize * info.channels)
+
     return LayerSpec(
         layer_type=layer_type, data_type=data_type, num_channels=info.channels, size=info.shape,
         voxel_offset=offset, resolution=resolution, chunk_size=chunk, factors=factors,
@@ -266,7 +274,38 @@ def resolve_layer(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> Lay
         png_level=opts.png_level, cseg_block_size=tuple(opts.cseg_block_size), downsample=method,
         skip_empty=opts.skip_empty, transform=transform,
         segments=table.to_json() if table is not None else None, keep_labels=keep, drop_labels=drop,
-        all_labels=bool(opts.all_labels), mesh=opts.mesh.to_json() if opts.mesh is not None else None)
+        all_labels=bool(opts.all_labels), mesh=opts.mesh.to_json() if opts.mesh is not None else None,
+        sharding=sharding)
+
+
+def resolve_sharding(opts: ConvertOptions, bounds: Box, resolution, chunk, factors, encoding: str,
+                     compress: str, voxel_bytes: int) -> list[dict] | None:
+    """Per-scale sharding specs: the user's, or chosen from each scale's chunk grid."""
+    if not (opts.sharded or opts.sharding):
+        return None
+    from .pyramid import scale_boxes
+    from .sharding import HASHES, ShardSpec, TARGET_SHARD_BYTES, choose_spec
+
+    if opts.sharding:
+        spec = ShardSpec.from_json(opts.sharding)
+        bad = spec.problems()
+        if bad:
+            raise UserError(f"--sharding: {bad[0]}")
+        specs = [spec] * (len(factors) + 1)
+    else:
+        if opts.shard_hash not in HASHES:
+            raise UserError(f"--shard-hash {opts.shard_hash}: choose identity or murmurhash3_x86_128")
+        target = opts.shard_bytes or TARGET_SHARD_BYTES
+        if target < 1:
+            raise UserError("--shard-size must be positive")
+        chunk_bytes = int(np.prod(chunk)) * voxel_bytes
+        specs = []
+        for box in scale_boxes(bounds, [tuple(f) for f in factors]):
+            grid = tuple(-(-n // c) for n, c in zip(box.shape, chunk))
+            specs.append(choose_spec(grid, chunk_bytes, encoding, target, opts.shard_hash))
+    if compress == "none":
+        specs = [replace(sp, data_encoding="raw") for sp in specs]
+    return [sp.to_json() for sp in specs]
 
 
 def resolve_segments(opts: ConvertOptions):
@@ -310,6 +349,12 @@ def make_transform(affine, world_units: str, offset, resolution, origin: str) ->
 def _run(task):
     ctx = context()
     return run_task(ctx["store"], ctx["plan"], task)
+
+
+def _run_shard(task):
+    ctx = context()
+    plan = ctx["plan"]
+    return run_shard_task(ctx["store"], plan.scales(), plan.layer.chunk_size, plan.layer.sharding, task)
 
 
 def _executor_for(plan: Plan, store: Store, workers: int | None):
@@ -393,6 +438,14 @@ def _execute(plan: Plan, store: Store, opts: ConvertOptions, result: "ConvertRes
                 if res.labels is not None:
                     seen.append(res.labels)
                 bar.update(1, res.bytes_written)
+    if plan.layer.sharding is not None:
+        shard_tasks = plan_shard_tasks(plan.scales(), plan.layer.chunk_size, plan.layer.sharding)
+        todo = [t for t in shard_tasks if not (opts.resume and store.exists(shard_done_key(t)))]
+        with Progress(len(shard_tasks), "writing shards", quiet=opts.quiet) as bar:
+            bar.update(len(shard_tasks) - len(todo))
+            for _task, _n in executor.run(_run_shard, todo, ctx):
+                bar.update(1)
+        store.delete_prefix(CHUNK_SCRATCH + "/")
     if plan.layer.mesh is not None:
         info = plan.layer.info()
         info.pop("mesh")

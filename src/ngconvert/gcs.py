@@ -25,6 +25,7 @@ from the metadata; how real GCS transcodes for readers cannot be tested here.
 """
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -173,6 +174,29 @@ class GCSStore(PerProcessClient, Store):
             blob.upload_from_string(bytes(data), content_type=content_type or content_type_for(key),
                                     retry=None, timeout=self.options.timeout)
         self._call("PUT", key, upload)
+
+    def get_range(self, key, start, stop):
+        from google.api_core.exceptions import NotFound
+
+        if stop <= start:
+            return b""
+
+        def fetch() -> bytes | None:
+            blob = self._bucket().blob(self._name(key))
+            try:
+                return blob.download_as_bytes(start=start, end=stop - 1, raw_download=True, retry=None,
+                                              timeout=self.options.timeout)
+            except NotFound:
+                return None
+        return self._call("GET", key, fetch)
+
+    def put_file(self, key, path, content_type=None):
+        def upload() -> None:
+            blob = self._bucket().blob(self._name(key))
+            blob.upload_from_filename(path, content_type=content_type or content_type_for(key), retry=None,
+                                      timeout=self.options.timeout)
+        self._call("PUT", key, upload)
+        os.remove(path)
 
     def get_raw(self, key):
         from google.api_core.exceptions import NotFound

@@ -118,6 +118,23 @@ class HTTPStore(ReadOnlyStore):
             return RawObject(data, normal_encoding(r.headers.get("Content-Encoding")))
         return self._call("GET", key, fetch)
 
+    def get_range(self, key, start, stop):
+        if stop <= start:
+            return b""
+
+        def fetch() -> bytes | None:
+            r = self._session().get(self._url(key), headers={"Range": f"bytes={start}-{stop - 1}"},
+                                    stream=True, timeout=self.options.timeout)
+            with r:
+                if r.status_code == 404:
+                    return None
+                if r.status_code == 206:
+                    return r.raw.read(decode_content=False)
+                if r.status_code == 200:      # a server without Range support sends everything
+                    return r.raw.read(decode_content=False)[start:stop]
+                raise HTTPStatusError(r.status_code, r.reason or "")
+        return self._call("GET", key, fetch)
+
     def exists(self, key):
         return self._exists(key, self.policy)
 

@@ -23,6 +23,7 @@ from .sources import SourceRef
 from .spec import LayerSpec, Scale
 
 SCRATCH = ".ngconvert"
+CHUNK_SCRATCH = f"{SCRATCH}/chunks"      # chunks of sharded scales, before their shard is written
 DEFAULT_TASK_BYTES = 64 << 20
 
 

@@ -285,6 +285,30 @@ class S3Store(PerProcessClient, Store):
             return RawObject(r["Body"].read(), normal_encoding(r.get("ContentEncoding")))
         return self._call("GET", key, fetch)
 
+    def get_range(self, key, start, stop):
+        from botocore.exceptions import ClientError
+
+        if stop <= start:
+            return b""
+
+        def fetch() -> bytes | None:
+            try:
+                r = self._client().get_object(Bucket=self.bucket, Key=self._key(key),
+                                              Range=f"bytes={start}-{stop - 1}")
+            except ClientError as e:
+                if _code(e) == "NoSuchKey":
+                    return None
+                raise
+            return r["Body"].read()
+        return self._call("GET", key, fetch)
+
+    def put_file(self, key, path, content_type=None):
+        def upload() -> None:     # multipart for large files, streamed from disk
+            self._client().upload_file(path, self.bucket, self._key(key),
+                                       ExtraArgs={"ContentType": content_type or content_type_for(key)})
+        self._call("PUT", key, upload)
+        os.remove(path)
+
     def exists(self, key):
         """HEAD the object (a missing bucket also answers 404: check it with
         :meth:`check_readable` first)."""

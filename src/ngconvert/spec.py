@@ -53,6 +53,7 @@ class LayerSpec:
     drop_labels: list[int] | None = None     # --exclude: these labels become 0
     all_labels: bool = False                 # list table ids absent from the volume too
     mesh: dict | None = None                 # MeshOptions JSON: meshes written after the volume
+    sharding: list[dict] | None = None       # per scale: the sharding spec (None: unsharded layer)
 
     @property
     def bounds(self) -> Box:
@@ -89,6 +90,8 @@ class LayerSpec:
                 entry["jpeg_quality"] = self.jpeg_quality
             if self.encoding == "png":
                 entry["png_level"] = self.png_level
+            if self.sharding is not None:
+                entry["sharding"] = dict(self.sharding[s.index])
             scales.append(entry)
         info = {
             "@type": "neuroglancer_multiscale_volume",

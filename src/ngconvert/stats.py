@@ -42,16 +42,43 @@ def scale_rows(info: dict, store: Store | None = None) -> list[dict]:
             "raw_bytes": int(np.prod(size)) * itemsize,
         }
         if store is not None:
-            row["stored_chunks"], row["stored_bytes"] = stored.get(s["key"], [0, 0])
+            files, nbytes = stored.get(s["key"], [0, 0])
+            row["stored_bytes"] = nbytes
+            if "sharding" in s:
+                row["shards"] = files
+                row["stored_chunks"] = _sharded_chunks(store, s)
+            else:
+                row["stored_chunks"] = files
         rows.append(row)
     return rows
 
 
+def _sharded_chunks(store: Store, scale: dict) -> int:
+    """Chunks stored in a sharded scale, counted from the minishard indexes."""
+    from .sharding import ShardedReader, ShardSpec
+
+    spec = ShardSpec.from_json(scale["sharding"])
+    reader = ShardedReader(store, scale["key"], spec)
+    total = 0
+    for key, _size in store.list(scale["key"] + "/"):
+        name = key.rsplit("/", 1)[-1]
+        if not name.endswith(".shard"):
+            continue
+        try:
+            shard = int(name[:-6], 16)
+            for m in range(1 << spec.minishard_bits):
+                total += len(reader.minishard(shard, m))
+        except ValueError as e:
+            raise UserError(f"{store.describe(key)}: {e}; run 'ngconvert check' for details") from None
+    return total
+
+
 def format_rows(rows: list[dict]) -> str:
     stored = rows and "stored_chunks" in rows[0]
+    sharded = any("shards" in r for r in rows)
     head = ["scale", "size", "offset", "resolution (nm)", "chunk", "encoding", "chunks", "raw"]
     if stored:
-        head += ["stored", "bytes", "ratio"]
+        head += ["stored", "bytes", "ratio"] + (["shards"] if sharded else [])
     table = [head]
     for r in rows:
         line = [r["key"], "x".join(map(str, r["size"])), ",".join(map(str, r["voxel_offset"])),
@@ -60,11 +87,15 @@ def format_rows(rows: list[dict]) -> str:
         if stored:
             ratio = r["stored_bytes"] / r["raw_bytes"] if r["raw_bytes"] else 0
             line += [str(r["stored_chunks"]), _human(r["stored_bytes"]), f"{ratio:.3f}"]
+            if sharded:
+                line.append(str(r.get("shards", "-")))
         table.append(line)
     if stored:
         tot = ["total", "", "", "", "", "", str(sum(r["chunks"] for r in rows)),
                _human(sum(r["raw_bytes"] for r in rows)), str(sum(r["stored_chunks"] for r in rows)),
                _human(sum(r["stored_bytes"] for r in rows)), ""]
+        if sharded:
+            tot.append(str(sum(r.get("shards", 0) for r in rows)))
         table.append(tot)
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)

@@ -222,6 +222,24 @@ class Store:
     def exists(self, key: str) -> bool:
         return self.get_raw(key) is not None
 
+    def get_range(self, key: str, start: int, stop: int) -> bytes | None:
+        """Bytes ``[start, stop)`` of an object stored without Content-Encoding (shards,
+        multires fragments), or None when absent.  Stores override this with a ranged read."""
+        raw = self.get_raw(key)
+        if raw is None:
+            return None
+        if raw.content_encoding:
+            raise UserError(f"{self.describe(key)} is stored with Content-Encoding {raw.content_encoding}; "
+                            "objects read by byte range must be stored uncompressed")
+        return raw.data[start:stop]
+
+    def put_file(self, key: str, path: str, content_type: str | None = None) -> None:
+        """Store a local file's bytes at ``key`` (the file is consumed: moved or deleted)."""
+        with open(path, "rb") as fh:
+            data = fh.read()
+        self.put(key, data, content_type=content_type)
+        os.remove(path)
+
     def delete(self, key: str) -> None:
         raise NotImplementedError
 
@@ -361,6 +379,25 @@ class FileStore(Store):
 
     def exists(self, key):
         return self._path(key).is_file() or self._path(key + ".gz").is_file()
+
+    def get_range(self, key, start, stop):
+        path = self._path(key)
+        if not path.is_file():
+            return None if not self._path(key + ".gz").is_file() else super().get_range(key, start, stop)
+        with open(path, "rb", buffering=0) as fh:
+            return os.pread(fh.fileno(), max(0, stop - start), start)
+
+    def put_file(self, key, path, content_type=None):
+        target = self._path(key)
+        self._ensure_dir(target)
+        try:
+            os.replace(path, target)        # same file system: an atomic rename
+        except OSError:
+            super().put_file(key, path, content_type)
+            return
+        gz = self._path(key + ".gz")
+        if gz.exists():
+            gz.unlink()
 
     def delete(self, key):
         for p in (self._path(key), self._path(key + ".gz")):

@@ -9,7 +9,7 @@ import numpy as np
 from .codecs import encode_chunk, gzip_compress
 from .downsample import mean_from_sums, pool_sum, pool_values
 from .geometry import Box, ChunkGrid, chunk_key
-from .plan import Plan, Task, carry_key, done_key
+from .plan import CHUNK_SCRATCH, Plan, Task, carry_key, done_key
 from .sources import open_source
 from .store import FileStore, MemoryStore, Store, StoreItem
 
@@ -89,7 +89,10 @@ class ChunkWriter:
     def __init__(self, store: Store, plan: Plan):
         self.store, self.plan = store, plan
         self.opts = plan.layer.encoding_options
-        self.gzip = plan.layer.compress == "gzip"
+        # sharded layers: chunks wait in the scratch area, uncompressed, until their shard is
+        # assembled (the shard's data_encoding then compresses them)
+        self.sharded = plan.layer.sharding is not None
+        self.gzip = plan.layer.compress == "gzip" and not self.sharded
         self.result = TaskResult()
 
     def write_level(self, level: int, values: np.ndarray, box: Box) -> None:
@@ -107,7 +110,8 @@ class ChunkWriter:
                 if self.gzip:
                     data, enc = gzip_compress(data, self.plan.layer.gzip_level), "gzip"
                 self.result.chunks += 1
-                yield StoreItem(f"{scale.key}/{chunk_key(cell)}", data, enc)
+                key = f"{scale.key}/{chunk_key(cell)}"
+                yield StoreItem(f"{CHUNK_SCRATCH}/{key}" if self.sharded else key, data, enc)
 
         if isinstance(self.store, (FileStore, MemoryStore)):
             for item in encoded():

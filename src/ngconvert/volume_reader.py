@@ -12,6 +12,7 @@ import numpy as np
 from .codecs import decode_chunk
 from .errors import UserError
 from .geometry import Box, ChunkGrid, chunk_key
+from .sharding import ShardedReader, ShardSpec, compressed_morton
 from .store import Store
 
 
@@ -31,6 +32,7 @@ class PrecomputedVolume:
             raise UserError(f"{store.url} is not a precomputed volume (info @type {info.get('@type')!r})")
         self.info = info
         self.dtype = np.dtype(info["data_type"])
+        self._readers: dict[int, ShardedReader] = {}
         self.channels = int(info.get("num_channels", 1))
 
     def scale(self, index: int) -> dict:
@@ -50,9 +52,6 @@ class PrecomputedVolume:
     def read(self, index: int, box: Box) -> np.ndarray:
         """The voxels of ``box`` (dataset coordinates) at scale ``index``: ``[x, y, z, c]``."""
         s = self.scale(index)
-        if "sharding" in s:
-            raise UserError(f"{self.store.url}: scale {s['key']} is sharded; reading sharded scales is not "
-                            "supported by this command yet")
         bounds = self.bounds(index)
         box = box.intersect(bounds)
         out = np.zeros(box.shape + (self.channels,), dtype=self.dtype, order="F")
@@ -60,11 +59,9 @@ class PrecomputedVolume:
         grid = ChunkGrid(bounds, chunk)
         block = tuple(s.get("compressed_segmentation_block_size", (8, 8, 8)))
         cells = list(grid.cells_in(box))
-        keys = {f"{s['key']}/{chunk_key(c)}": c for c in cells}
-        for key, data in self.store.get_many(list(keys)):
+        for cell, key, data in self._chunks(index, grid, cells):
             if data is None:
                 continue
-            cell = keys[key]
             try:
                 arr = decode_chunk(data, s["encoding"], cell.shape, self.dtype, self.channels, block)
             except ValueError as e:
@@ -72,3 +69,27 @@ class PrecomputedVolume:
             inter = cell.intersect(box)
             out[inter.slices(box.start)] = arr[inter.slices(cell.start)]
         return out
+
+    def _reader(self, index: int) -> ShardedReader:
+        if index not in self._readers:
+            s = self.scale(index)
+            self._readers[index] = ShardedReader(self.store, s["key"], ShardSpec.from_json(s["sharding"]))
+        return self._readers[index]
+
+    def _chunks(self, index: int, grid: ChunkGrid, cells):
+        """(cell, key for messages, stored bytes or None) for chunks of a scale, sharded or not."""
+        s = self.scale(index)
+        if "sharding" not in s:
+            keys = {f"{s['key']}/{chunk_key(c)}": c for c in cells}
+            for key, data in self.store.get_many(list(keys)):
+                yield keys[key], key, data
+            return
+        reader = self._reader(index)
+        for cell in cells:
+            pos = tuple((a - b) // c for a, b, c in zip(cell.start, grid.bounds.start, grid.chunk))
+            code = int(compressed_morton(np.array([pos]), grid.shape)[0])
+            try:
+                data = reader.get(code)
+            except ValueError as e:
+                raise UserError(f"{self.store.describe(s['key'])}: {e}; the dataset is damaged") from None
+            yield cell, f"{s['key']} chunk {chunk_key(cell)}", data
