@@ -57,7 +57,7 @@ def _add_convert(sub) -> None:
     g.add_argument("--offset", type=_vec(int, "--offset"), default=(0, 0, 0), help="voxel_offset x,y,z (default 0,0,0)")
     g = p.add_argument_group("meshes")
     g.add_argument("--mesh", action="store_true", help="also write a mesh for every label (legacy format unless "
-                                                       "--mesh-format multires)")
+                                                       "--mesh-format multires; sharded multires with --sharded)")
     _add_mesh_args(g)
     _add_output_args(p)
 
@@ -87,8 +87,12 @@ def _mesh_options(a, default_format: str = "legacy"):
             ids = sorted({int(x) for x in a.mesh_ids.split(",") if x.strip()})
         except ValueError:
             raise UserError(f"--mesh-ids {a.mesh_ids}: give comma-separated segment ids, e.g. 3,17") from None
+    sharded = bool(getattr(a, "sharded", False))
+    if sharded and a.mesh_format is None:
+        default_format = "multires"        # the only mesh format that can be sharded
     return MeshOptions(format=a.mesh_format or default_format, lods=a.lods, max_error=a.max_error, dust=a.dust,
-                       scale=a.mesh_scale, quantization_bits=a.quantization_bits, directory=a.mesh_dir, ids=ids)
+                       scale=a.mesh_scale, quantization_bits=a.quantization_bits, directory=a.mesh_dir, ids=ids,
+                       sharded=sharded)
 
 
 def _add_segment_args(p) -> None:
@@ -257,6 +261,7 @@ def _add_mesh(sub) -> None:
     p.add_argument("dataset", help="folder or URL of the segmentation layer")
     g = p.add_argument_group("meshes")
     _add_mesh_args(g, ("--format", "--mesh-format"))
+    g.add_argument("--sharded", action="store_true", help="pack multires meshes into shard files")
     g = p.add_argument_group("run")
     g.add_argument("--workers", type=int, help="worker processes (default: all cores)")
     g.add_argument("--overwrite", action="store_true", help="replace existing meshes")
@@ -332,6 +337,62 @@ def _cmd_mesh_import(a) -> int:
     for w in res.warnings:
         print(f"ngconvert: warning: {w}", file=sys.stderr)
     print(f"imported {res.files} mesh file(s) as {len(res.ids)} segment(s) into {a.dest}", file=sys.stderr)
+    return 0
+
+
+def _add_reencode(sub) -> None:
+    for name, what in (("reencode", "write a precomputed dataset again with another encoding, chunk size or "
+                                    "layout"),
+                       ("transfer", "copy a precomputed dataset to another store, optionally sharded, "
+                                    "unsharded or re-chunked")):
+        p = sub.add_parser(name, help=what, description=what[0].upper() + what[1:] + ". Reads any precomputed "
+                           "volume (sharded or not, .gz or plain); meshes, segment properties and other files "
+                           "are copied; info is written last.")
+        p.add_argument("source", help="dataset folder or URL (s3://, gs://, http(s)://)")
+        p.add_argument("dest", help="new dataset folder or URL")
+        g = p.add_argument_group("what changes (default: keep the source's)")
+        g.add_argument("--encoding", choices=ENCODINGS, help="chunk encoding")
+        g.add_argument("--jpeg-quality", type=int, default=85, help="0-100 (default 85)")
+        g.add_argument("--png-level", type=int, default=6, help="0-9 (default 6)")
+        g.add_argument("--block-size", type=_vec(int, "--block-size"), help="compressed_segmentation block size")
+        g.add_argument("--compress", default="auto", choices=["auto", "gzip", "none"],
+                       help="gzip chunks (default: gzip for raw and compressed_segmentation)")
+        g.add_argument("--gzip-level", type=int, default=6, help="1-12 (default 6)")
+        g.add_argument("--chunk-size", type=_vec(int, "--chunk-size"), help="new chunk shape x,y,z")
+        layout = g.add_mutually_exclusive_group()
+        layout.add_argument("--sharded", dest="sharded", action="store_const", const=True, default=None,
+                            help="write every scale sharded")
+        layout.add_argument("--unsharded", dest="sharded", action="store_const", const=False,
+                            help="write every scale as one file per chunk")
+        g.add_argument("--shard-size", type=int, metavar="MB", help="uncompressed chunk data per shard (default 2048)")
+        g.add_argument("--shard-hash", default="identity", choices=["identity", "murmurhash3_x86_128"])
+        g = p.add_argument_group("run")
+        g.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+        g.add_argument("--overwrite", action="store_true", help="replace an existing destination dataset")
+        g.add_argument("--resume", action="store_true", help="finish an interrupted run")
+        g.add_argument("--quiet", action="store_true", help="no progress bar")
+        _add_storage_args(p)
+
+
+def _cmd_reencode(a) -> int:
+    from .reencode import ReencodeOptions, reencode
+
+    if a.command == "reencode" and not (a.encoding or a.chunk_size or a.sharded is not None or a.block_size
+                                        or a.compress != "auto"):
+        raise UserError("reencode needs a change: --encoding, --chunk-size, --sharded/--unsharded, --block-size "
+                        "or --compress (use 'transfer' to copy as is)")
+    opts = ReencodeOptions(encoding=a.encoding, jpeg_quality=a.jpeg_quality, png_level=a.png_level,
+                           cseg_block_size=a.block_size, compress=a.compress, gzip_level=a.gzip_level,
+                           chunk_size=a.chunk_size, sharded=a.sharded,
+                           shard_bytes=a.shard_size << 20 if a.shard_size else None, shard_hash=a.shard_hash,
+                           workers=a.workers, quiet=a.quiet, overwrite=a.overwrite, resume=a.resume,
+                           storage=_storage(a))
+    res = reencode(a.source, a.dest, opts)
+    if not a.quiet:
+        for n in res.notes:
+            print(f"ngconvert: {n}", file=sys.stderr)
+        print(f"wrote {res.dest}: {res.chunks} chunks re-encoded, {res.copied} objects copied in "
+              f"{res.seconds:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -447,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_assemble(sub)
     _add_mesh(sub)
     _add_mesh_import(sub)
+    _add_reencode(sub)
     _add_stats(sub)
     _add_transfer(sub)
     _add_run(sub)
@@ -454,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"convert": _cmd_convert, "assemble": _cmd_assemble, "mesh": _cmd_mesh, "mesh-import": _cmd_mesh_import, "stats": _cmd_stats, "example": _cmd_example, "upload": _cmd_transfer,
+COMMANDS = {"convert": _cmd_convert, "assemble": _cmd_assemble, "mesh": _cmd_mesh, "mesh-import": _cmd_mesh_import, "reencode": _cmd_reencode,
+            "transfer": _cmd_reencode, "stats": _cmd_stats, "example": _cmd_example, "upload": _cmd_transfer,
             "download": _cmd_transfer, "run": _cmd_run}
 
 

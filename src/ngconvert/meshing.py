@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -50,6 +51,7 @@ class MeshOptions:
     directory: str = "mesh"
     ids: list[int] | None = None        # mesh only these segments
     region: int = 256                   # region task edge, in voxels of the mesh scale
+    sharded: bool = False               # multires meshes packed into shard files (key = segment id)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -71,6 +73,8 @@ class MeshOptions:
             raise UserError(f"--quantization-bits {self.quantization_bits}: the format allows 10 or 16")
         if self.region < 16:
             raise UserError(f"--mesh-region {self.region}: give 16 voxels or more")
+        if self.sharded and self.format != "multires":
+            raise UserError("legacy meshes cannot be sharded; use --mesh-format multires")
         if not self.directory or "/" in self.directory.strip("/") or self.directory in (".", ".."):
             raise UserError(f"--mesh-dir {self.directory!r}: give a plain folder name such as mesh")
 
@@ -224,11 +228,17 @@ def simplify_levels(mesh: Mesh, error_nm: float, voxel_nm: float, lods: int) -> 
     return out
 
 
+SHARD_OUT = ".ngconvert/mesh-out"          # multires segments waiting for their shard
+
+
 def write_segment(store: Store, directory: str, fmt: str, label: int, mesh: Mesh, voxel_nm: float,
-                  error_nm: float, lods: int, bits: int, bbox: str = "") -> int:
-    """Write one segment's mesh (nm, welded); returns bytes written."""
+                  error_nm: float, lods: int, bits: int, bbox: str = "", sharded: bool = False) -> int:
+    """Write one segment's mesh (nm, welded); returns bytes written.  ``sharded``: the
+    multires manifest and fragments go to the scratch area for :func:`write_mesh_shards`."""
     v, f = mesh
     prefix = f"{directory}/" if directory else ""     # "" for a mesh-only dataset
+    if sharded:
+        prefix = f"{SHARD_OUT}/"
     if fmt == "legacy":
         name = f"{label}:0:{bbox or 'mesh'}"
         frag = legacy_fragment(v, f)
@@ -275,7 +285,7 @@ def run_batch(store: Store, plan: MeshPlan, batch: int) -> tuple[list[int], list
         if len(mesh[1]) == 0:
             continue
         write_segment(store, opts.directory, opts.format, label, mesh, float(res.min()), plan.error_nm,
-                      opts.lods, opts.quantization_bits, _bbox_name(mesh[0], res))
+                      opts.lods, opts.quantization_bits, _bbox_name(mesh[0], res), sharded=opts.sharded)
         written.append(label)
     return written, dust
 
@@ -339,16 +349,88 @@ def run_mesh_plan(store: Store, plan: MeshPlan, workers: int | None, quiet: bool
             bar.update(1)
     result.ids.sort()
     result.dust.sort()
+    sharding = None
+    if plan.options.sharded:
+        sharding = write_mesh_shards(store, plan.options.directory, result.ids, executor, quiet, resume)
     sp = "../segment_properties" if "segment_properties" in plan.info else None
     store.put(f"{plan.options.directory}/info", dumps(mesh_info(plan.options.format, sp,
-                                                                 plan.options.quantization_bits)),
+                                                                 plan.options.quantization_bits, sharding)),
               content_type="application/json")
     return result
+
+
+# ---------------------------------------------------------------- sharded multires meshes
+
+MESH_SHARD_BYTES = 1 << 30
+
+
+def choose_mesh_spec(count: int, total_bytes: int, target_bytes: int = MESH_SHARD_BYTES):
+    """murmurhash3 keys (segment ids are not spatial): about ``target_bytes`` per shard and a
+    few hundred segments per minishard."""
+    from .sharding import ShardSpec
+
+    key_bits = max(0, math.ceil(math.log2(max(1, count))))
+    shard_bits = max(0, min(key_bits, math.ceil(math.log2(max(1, total_bytes / target_bytes)))))
+    mini_bits = max(0, key_bits - shard_bits - 8)
+    return ShardSpec(0, "murmurhash3_x86_128", mini_bits, shard_bits, "gzip", "gzip")
+
+
+def _run_mesh_shard(item):
+    ctx = context()
+    return write_one_mesh_shard(ctx["store"], ctx["mesh_dir"], ctx["mesh_spec"], *item)
+
+
+def write_one_mesh_shard(store, directory: str, spec_json: dict, shard: int, items: tuple) -> int:
+    from .sharding import ShardSpec, write_shard
+
+    spec = ShardSpec.from_json(spec_json)
+
+    def fetch(label: int):
+        manifest = store.get(f"{SHARD_OUT}/{label}.index")
+        if manifest is None:
+            return None
+        return manifest, store.get(f"{SHARD_OUT}/{label}") or b""
+
+    tmpdir = None
+    root = getattr(store, "root", None)
+    if root is not None:
+        (root / ".ngconvert" / "tmp").mkdir(parents=True, exist_ok=True)
+        tmpdir = str(root / ".ngconvert" / "tmp")
+    n = write_shard(store, f"{directory}/{spec.shard_name(shard)}", spec, list(items), fetch, tmpdir)
+    store.put(_done("shards", shard), b"")
+    return n
+
+
+def write_mesh_shards(store: Store, directory: str, ids: list[int], executor, quiet: bool, resume: bool) -> dict:
+    """Pack the segments waiting in the scratch area into shards; returns the spec."""
+    from .sharding import ShardSpec
+
+    saved = store.get(f"{MESH_SCRATCH}-done/spec.json") if resume else None
+    if saved is not None:
+        spec = ShardSpec.from_json(json.loads(saved))
+    else:
+        total = sum(size for _k, size in store.list(SHARD_OUT + "/"))
+        spec = choose_mesh_spec(len(ids), total)
+        store.put(f"{MESH_SCRATCH}-done/spec.json", dumps(spec.to_json()))
+    groups: dict[int, list] = {}
+    for label in ids:
+        shard, mini = spec.locate(label)
+        groups.setdefault(shard, []).append((mini, label))
+    todo = [(sh, tuple(sorted(items))) for sh, items in sorted(groups.items())
+            if not (resume and store.exists(_done("shards", sh)))]
+    ctx = {"store": store, "mesh_dir": directory, "mesh_spec": spec.to_json()}
+    with Progress(len(groups), "writing mesh shards", quiet=quiet) as bar:
+        bar.update(len(groups) - len(todo))
+        for _item, _n in executor.run(_run_mesh_shard, todo, ctx):
+            bar.update(1)
+    store.delete_prefix(SHARD_OUT + "/")
+    return spec.to_json()
 
 
 def clear_mesh_scratch(store: Store) -> None:
     store.delete_prefix(MESH_SCRATCH + "/")
     store.delete_prefix(MESH_SCRATCH + "-done/")
+    store.delete_prefix(SHARD_OUT + "/")
 
 
 MESH_PLAN_KEY = ".ngconvert/mesh-plan.json"

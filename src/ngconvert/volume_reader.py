@@ -59,7 +59,7 @@ class PrecomputedVolume:
         grid = ChunkGrid(bounds, chunk)
         block = tuple(s.get("compressed_segmentation_block_size", (8, 8, 8)))
         cells = list(grid.cells_in(box))
-        for cell, key, data in self._chunks(index, grid, cells):
+        for cell, key, data in self.chunks(index, grid, cells):
             if data is None:
                 continue
             try:
@@ -76,7 +76,7 @@ class PrecomputedVolume:
             self._readers[index] = ShardedReader(self.store, s["key"], ShardSpec.from_json(s["sharding"]))
         return self._readers[index]
 
-    def _chunks(self, index: int, grid: ChunkGrid, cells):
+    def chunks(self, index: int, grid: ChunkGrid, cells):
         """(cell, key for messages, stored bytes or None) for chunks of a scale, sharded or not."""
         s = self.scale(index)
         if "sharding" not in s:

@@ -1,0 +1,332 @@
+"""Re-encoding and transferring precomputed datasets: new encoding, chunk size, layout or store.
+
+Every scale of the source (ours or another tool's: sharded or not, ``.gz`` or plain, raw,
+jpeg, png or compressed_segmentation) is read region by region and written again at the same
+geometry, with the new chunk shape, encoding and sharding.  Everything else in the dataset
+(meshes, segment properties, colours, ``transform.json``, skeletons) is copied as stored.
+The new ``info`` is written last.  Tasks are blocks of destination chunks, run on the local
+cores; a finished task is marked so that ``resume`` skips it.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .codecs import ENCODINGS, EncodingOptions, encode_chunk, encoding_problem, gzip_compress
+from .errors import UserError
+from .executors import context, make_executor
+from .geometry import Box, ChunkGrid, chunk_key
+from .plan import CHUNK_SCRATCH, SCRATCH
+from .progress import Progress
+from .shard_tasks import plan_shard_tasks, run_shard_task, shard_done_key
+from .sharding import TARGET_SHARD_BYTES, ShardSpec, choose_spec
+from .spec import Scale, dumps
+from .store import MemoryStore, Store, StorageOptions, content_type_for, open_store
+from .volume_reader import PrecomputedVolume
+
+PLAN_KEY = f"{SCRATCH}/reencode.json"
+TASK_BYTES = 64 << 20
+
+
+@dataclass
+class ReencodeOptions:
+    """What changes; ``None`` keeps the source's choice."""
+
+    encoding: str | None = None
+    jpeg_quality: int = 85
+    png_level: int = 6
+    cseg_block_size: tuple | None = None
+    compress: str = "auto"                 # gzip, none, auto (gzip for raw/compressed_segmentation)
+    gzip_level: int = 6
+    chunk_size: tuple | None = None
+    sharded: bool | None = None            # True: shard every scale, False: unshard, None: keep
+    shard_bytes: int | None = None
+    shard_hash: str = "identity"
+    workers: int | None = None
+    quiet: bool = False
+    overwrite: bool = False
+    resume: bool = False
+    storage: StorageOptions | None = None
+
+
+@dataclass
+class ReencodeResult:
+    source: str
+    dest: str
+    chunks: int = 0
+    copied: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def changes_layout(info: dict, opts: ReencodeOptions) -> bool:
+    """True when the chunks must be decoded and written again (not just copied)."""
+    for s in info["scales"]:
+        if opts.encoding and opts.encoding != s["encoding"]:
+            return True
+        if opts.encoding == "jpeg" and s.get("jpeg_quality") != opts.jpeg_quality:
+            return True
+        if opts.encoding == "png" and s.get("png_level") != opts.png_level:
+            return True
+        if opts.chunk_size and list(opts.chunk_size) != list(s["chunk_sizes"][0]):
+            return True
+        if opts.sharded is not None and opts.sharded != ("sharding" in s):
+            return True
+        if opts.cseg_block_size and s["encoding"] == "compressed_segmentation" and \
+                list(opts.cseg_block_size) != list(s.get("compressed_segmentation_block_size", [8, 8, 8])):
+            return True
+    return False
+
+
+def new_info(info: dict, opts: ReencodeOptions) -> dict:
+    """The destination info: the source's, with the new encoding, chunks and sharding."""
+    out = json.loads(json.dumps(info))
+    dtype = out["data_type"]
+    channels = int(out.get("num_channels", 1))
+    for s in out["scales"]:
+        enc = opts.encoding or s["encoding"]
+        problem = encoding_problem(enc, dtype, channels)
+        if problem:
+            raise UserError(f"--encoding {enc}: {problem}")
+        if enc == "jpeg" and out.get("type") == "segmentation":
+            raise UserError("--encoding jpeg is lossy and would invent labels; keep a lossless encoding")
+        for k in ("jpeg_quality", "png_level", "compressed_segmentation_block_size"):
+            if enc != s["encoding"]:
+                s.pop(k, None)
+        s["encoding"] = enc
+        if opts.encoding is not None:        # asked for: its settings are the options'
+            if enc == "jpeg":
+                s["jpeg_quality"] = opts.jpeg_quality
+            if enc == "png":
+                s["png_level"] = opts.png_level
+        if enc == "compressed_segmentation":
+            s["compressed_segmentation_block_size"] = list(
+                opts.cseg_block_size or s.get("compressed_segmentation_block_size", [8, 8, 8]))
+        chunk = list(opts.chunk_size or s["chunk_sizes"][0])
+        if len(chunk) != 3 or any(int(c) < 1 for c in chunk):
+            raise UserError(f"--chunk-size {chunk}: give three positive sizes")
+        s["chunk_sizes"] = [chunk]
+        sharded = ("sharding" in s) if opts.sharded is None else opts.sharded
+        if not sharded:
+            s.pop("sharding", None)
+        elif opts.sharded or "sharding" not in s or opts.chunk_size:
+            grid = tuple(-(-int(n) // int(c)) for n, c in zip(s["size"], chunk))
+            chunk_bytes = int(np.prod(chunk)) * np.dtype(dtype).itemsize * channels
+            spec = choose_spec(grid, chunk_bytes, enc, opts.shard_bytes or TARGET_SHARD_BYTES, opts.shard_hash)
+            if _compress(opts, enc) == "none":
+                spec = replace(spec, data_encoding="raw")
+            s["sharding"] = spec.to_json()
+    return out
+
+
+def _compress(opts: ReencodeOptions, encoding: str) -> str:
+    if opts.compress == "auto":
+        return "gzip" if encoding in ("raw", "compressed_segmentation") else "none"
+    return opts.compress
+
+
+def _scales(info: dict) -> list[Scale]:
+    out = []
+    for i, s in enumerate(info["scales"]):
+        start = tuple(int(v) for v in s.get("voxel_offset", (0, 0, 0)))
+        box = Box(start, tuple(a + int(n) for a, n in zip(start, s["size"])))
+        out.append(Scale(i, s["key"], box, tuple(s["resolution"]), (1, 1, 1), (1, 1, 1)))
+    return out
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    scale: int
+    index: int
+    box: Box
+
+
+def plan_blocks(info: dict, task_bytes: int = TASK_BYTES) -> list[BlockTask]:
+    """Blocks of destination chunks per scale, each within ``task_bytes`` of voxels."""
+    itemsize = np.dtype(info["data_type"]).itemsize * int(info.get("num_channels", 1))
+    tasks = []
+    for sc, s in zip(_scales(info), info["scales"]):
+        chunk = tuple(int(c) for c in s["chunk_sizes"][0])
+        group = [1, 1, 1]
+        grown = True
+        while grown:
+            grown = False
+            for d in range(3):
+                g = list(group)
+                g[d] *= 2
+                if group[d] * chunk[d] >= sc.bounds.shape[d]:
+                    continue
+                if int(np.prod([c * k for c, k in zip(chunk, g)])) * itemsize > task_bytes:
+                    continue
+                group, grown = g, True
+        step = tuple(c * k for c, k in zip(chunk, group))
+        grid = ChunkGrid(sc.bounds, step)
+        for n, (k, j, i) in enumerate(itertools.product(*(range(x) for x in reversed(grid.shape)))):
+            tasks.append(BlockTask(sc.index, n, grid.cell((i, j, k))))
+    return tasks
+
+
+def _done_key(task: BlockTask) -> str:
+    return f"{SCRATCH}/done/reencode/{task.scale}/{task.index}"
+
+
+def same_chunks(a: dict, b: dict) -> bool:
+    """True when a scale's chunks can be copied byte for byte (same grid and encoding)."""
+    keys = ("encoding", "chunk_sizes", "compressed_segmentation_block_size", "jpeg_quality", "png_level")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def run_block(src: Store, dst: Store, src_info: dict, dst_info: dict, opts: ReencodeOptions, task: BlockTask) -> int:
+    vol = PrecomputedVolume(src, src_info)
+    s = dst_info["scales"][task.scale]
+    if same_chunks(src_info["scales"][task.scale], s):
+        return _copy_block(vol, dst, s, opts, task)
+    data = vol.read(task.scale, task.box)
+    sc = _scales(dst_info)[task.scale]
+    chunk = tuple(int(c) for c in s["chunk_sizes"][0])
+    enc = EncodingOptions(s["encoding"], int(s.get("jpeg_quality", opts.jpeg_quality)),
+                          int(s.get("png_level", opts.png_level)),
+                          tuple(s.get("compressed_segmentation_block_size", (8, 8, 8))))
+    sharded = "sharding" in s
+    gzip = _compress(opts, s["encoding"]) == "gzip" and not sharded
+    n = 0
+    for cell in ChunkGrid(sc.bounds, chunk).cells_in(task.box):
+        blob = encode_chunk(np.asfortranarray(data[cell.slices(task.box.start)]), enc)
+        key = f"{s['key']}/{chunk_key(cell)}"
+        if sharded:
+            dst.put(f"{CHUNK_SCRATCH}/{key}", blob)
+        elif gzip:
+            dst.put(key, gzip_compress(blob, opts.gzip_level), content_encoding="gzip")
+        else:
+            dst.put(key, blob)
+        n += 1
+    dst.put(_done_key(task), b"")
+    return n
+
+
+def _copy_block(vol: PrecomputedVolume, dst: Store, s: dict, opts: ReencodeOptions, task: BlockTask) -> int:
+    """Only the layout changes: the stored chunk bytes move as they are (no generation loss)."""
+    sc = _scales(vol.info)[task.scale]
+    grid = ChunkGrid(sc.bounds, tuple(int(c) for c in s["chunk_sizes"][0]))
+    sharded = "sharding" in s
+    gzip = _compress(opts, s["encoding"]) == "gzip" and not sharded
+    n = 0
+    for cell, _where, blob in vol.chunks(task.scale, grid, list(grid.cells_in(task.box))):
+        if blob is None:
+            continue
+        key = f"{s['key']}/{chunk_key(cell)}"
+        if sharded:
+            dst.put(f"{CHUNK_SCRATCH}/{key}", blob)
+        elif gzip:
+            dst.put(key, gzip_compress(blob, opts.gzip_level), content_encoding="gzip")
+        else:
+            dst.put(key, blob)
+        n += 1
+    dst.put(_done_key(task), b"")
+    return n
+
+
+def _run_block(task):
+    c = context()
+    return run_block(c["src"], c["dst"], c["src_info"], c["dst_info"], c["opts"], task)
+
+
+def _run_shard(task):
+    c = context()
+    info = c["dst_info"]
+    specs = [s.get("sharding") for s in info["scales"]]
+    chunk = tuple(info["scales"][task.scale]["chunk_sizes"][0])
+    return run_shard_task(c["dst"], _scales(info), chunk, specs, task)
+
+
+def _sidecars(src: Store, info: dict) -> list[str]:
+    scale_keys = {s["key"] for s in info["scales"]}
+    out = []
+    for key, _size in src.list(""):
+        top = key.split("/", 1)[0]
+        if key == "info" or top in scale_keys or top == SCRATCH or key.endswith("/"):
+            continue
+        out.append(key)
+    return sorted(out)
+
+
+def reencode(source, dest, opts: ReencodeOptions | None = None) -> ReencodeResult:
+    """Write the dataset at ``source`` to ``dest`` with the changes in ``opts``."""
+    from .transfer import copy_dataset
+
+    opts = opts or ReencodeOptions()
+    t0 = time.perf_counter()
+    if opts.encoding is not None and opts.encoding not in ENCODINGS:
+        raise UserError(f"--encoding {opts.encoding}: choose one of {', '.join(ENCODINGS)}")
+    if opts.compress not in ("auto", "gzip", "none"):
+        raise UserError(f"--compress {opts.compress}: choose auto, gzip or none")
+    src = open_store(source, opts.storage if "://" in str(source) else None)
+    dst = open_store(dest, opts.storage if "://" in str(dest) else None)
+    blob = src.get("info")
+    if blob is None:
+        raise UserError(f"{src.url} has no info file; give a precomputed dataset")
+    src_info = json.loads(blob)
+    if src_info.get("@type", "neuroglancer_multiscale_volume") != "neuroglancer_multiscale_volume":
+        raise UserError(f"{src.url} is not a precomputed volume; only volumes can be re-encoded")
+    result = ReencodeResult(src.url, dst.url)
+
+    if opts.resume:
+        saved = dst.get(PLAN_KEY)
+        if saved is None:
+            raise UserError(f"{dst.url} has no interrupted re-encoding to resume; run without --resume")
+        dst_info = json.loads(saved)
+    else:
+        dst.check_writable()
+        if not dst.is_empty():
+            if not opts.overwrite:
+                raise UserError(f"destination {dst.url} exists and is not empty; pass --overwrite to replace it")
+            if not (dst.exists("info") or dst.exists(PLAN_KEY)):
+                raise UserError(f"destination {dst.url} holds no precomputed dataset; choose a new or empty folder")
+            dst.clear()
+        if not changes_layout(src_info, opts) and opts.compress == "auto":
+            res = copy_dataset(src, dst, workers=opts.workers)
+            result.copied = res.copied
+            result.notes.append("nothing to re-encode: objects copied as stored")
+            result.seconds = time.perf_counter() - t0
+            return result
+        dst_info = new_info(src_info, opts)
+        dst.put(PLAN_KEY, dumps(dst_info), content_type="application/json")
+
+    ex = make_executor(opts.workers)
+    if ex.workers > 1 and (isinstance(src, MemoryStore) or isinstance(dst, MemoryStore)):
+        from .executors import ThreadExecutor
+
+        ex = ThreadExecutor(ex.workers)
+    ctx = {"src": src, "dst": dst, "src_info": src_info, "dst_info": dst_info, "opts": opts}
+    blocks = plan_blocks(dst_info)
+    todo = [t for t in blocks if not (opts.resume and dst.exists(_done_key(t)))]
+    with Progress(len(blocks), "re-encoding", quiet=opts.quiet) as bar:
+        bar.update(len(blocks) - len(todo))
+        for _t, n in ex.run(_run_block, todo, ctx):
+            result.chunks += n
+            bar.update(1)
+    sharded = [s for s in dst_info["scales"] if "sharding" in s]
+    if sharded:
+        shard_tasks = []
+        for sc, s in zip(_scales(dst_info), dst_info["scales"]):
+            if "sharding" in s:
+                for t in plan_shard_tasks([sc], tuple(s["chunk_sizes"][0]), [s["sharding"]]):
+                    shard_tasks.append(t)
+        todo = [t for t in shard_tasks if not (opts.resume and dst.exists(shard_done_key(t)))]
+        with Progress(len(shard_tasks), "writing shards", quiet=opts.quiet) as bar:
+            bar.update(len(shard_tasks) - len(todo))
+            for _t, _n in ex.run(_run_shard, todo, ctx):
+                bar.update(1)
+    for key in _sidecars(src, src_info):
+        raw = src.get_raw(key)
+        if raw is not None:
+            dst.put(key, raw.data, content_encoding=raw.content_encoding, content_type=content_type_for(key))
+            result.copied += 1
+    dst.put("info", dumps(dst_info), content_type="application/json")
+    dst.delete_prefix(SCRATCH + "/")
+    result.seconds = time.perf_counter() - t0
+    return result
