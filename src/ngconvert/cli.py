@@ -396,6 +396,33 @@ def _cmd_reencode(a) -> int:
     return 0
 
 
+def _add_check(sub) -> None:
+    p = sub.add_parser("check", help="validate a precomputed dataset (exit 0 valid, 1 with a report)",
+                       description="Validate info, chunks (a sample per scale, or all with --full), shards, "
+                                   "meshes and segment properties of a precomputed dataset, ours or another "
+                                   "tool's. Each problem is one line; exit status 1 if there is any.")
+    p.add_argument("dataset", help="folder or URL of the dataset")
+    p.add_argument("--full", action="store_true", help="check every chunk and mesh, not a sample")
+    p.add_argument("--sample", type=int, default=64, help="chunks per scale and meshes checked (default 64)")
+    _add_storage_args(p)
+
+
+def _cmd_check(a) -> int:
+    from .check import check
+
+    if a.sample < 1:
+        raise UserError(f"--sample {a.sample}: give 1 or more")
+    report = check(a.dataset, _storage(a), full=a.full, sample=a.sample)
+    for line in report.problems:
+        print(line)
+    counted = ", ".join(f"{n} {what}" for what, n in report.checked.items()) or "info"
+    if report.problems:
+        print(f"{a.dataset}: {len(report.problems)} problem(s) (checked {counted})", file=sys.stderr)
+        return 1
+    print(f"{a.dataset}: valid (checked {counted})", file=sys.stderr)
+    return 0
+
+
 def _add_stats(sub) -> None:
     p = sub.add_parser("stats", help="per-scale size, chunks and stored bytes of a dataset")
     p.add_argument("dataset", help="folder of a precomputed dataset")
@@ -509,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mesh(sub)
     _add_mesh_import(sub)
     _add_reencode(sub)
+    _add_check(sub)
     _add_stats(sub)
     _add_transfer(sub)
     _add_run(sub)
@@ -517,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"convert": _cmd_convert, "assemble": _cmd_assemble, "mesh": _cmd_mesh, "mesh-import": _cmd_mesh_import, "reencode": _cmd_reencode,
-            "transfer": _cmd_reencode, "stats": _cmd_stats, "example": _cmd_example, "upload": _cmd_transfer,
+            "transfer": _cmd_reencode, "check": _cmd_check, "stats": _cmd_stats, "example": _cmd_example, "upload": _cmd_transfer,
             "download": _cmd_transfer, "run": _cmd_run}
 
 

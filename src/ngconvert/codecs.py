@@ -106,6 +106,42 @@ def _from_image(img: np.ndarray, shape, channels: int) -> np.ndarray:
     return np.asfortranarray(img.reshape(z, y, x, channels).transpose(2, 1, 0, 3))
 
 
+def validate_cseg(words: np.ndarray, shape, block, width: int) -> None:
+    """Check one channel of compressed_segmentation before the kernel reads it (the kernel
+    trusts its input: a truncated or damaged chunk would make it read out of bounds).
+
+    Per block: two header words (lookup table offset and bit width, values offset); the bit
+    packed values must lie inside the channel, and so must every table entry they use."""
+    n = len(words)
+    grid = [-(-s // b) for s, b in zip(shape, block)]
+    blocks = grid[0] * grid[1] * grid[2]
+    if n < 2 * blocks:
+        raise ValueError(f"compressed_segmentation channel has {n} words, fewer than its {2 * blocks} header words")
+    head = words[: 2 * blocks].reshape(blocks, 2).astype(np.int64)
+    table, bits, values = head[:, 0] & 0xFFFFFF, head[:, 0] >> 24, head[:, 1]
+    if not np.isin(bits, (0, 1, 2, 4, 8, 16, 32)).all():
+        raise ValueError("compressed_segmentation block header has an invalid bit width")
+    per_block = int(np.prod(block))
+    nwords = -(-per_block * bits // 32)
+    if (values + nwords > n).any() or (table + width > n).any() or (values < 2 * blocks).any():
+        raise ValueError("compressed_segmentation block data lies outside the chunk (truncated?)")
+    for b in np.unique(bits):
+        if b == 0:
+            continue
+        sel = np.flatnonzero(bits == b)
+        w = -(-per_block * int(b) // 32)
+        rows = words[values[sel, None] + np.arange(w)[None, :]]
+        if b >= 8:
+            idx = rows.view({8: "<u1", 16: "<u2", 32: "<u4"}[int(b)]).reshape(len(sel), -1)[:, :per_block]
+        else:
+            bitsarr = np.unpackbits(rows.view(np.uint8), axis=1, bitorder="little")
+            groups = bitsarr[:, : per_block * int(b)].reshape(len(sel), per_block, int(b))
+            idx = (groups * (1 << np.arange(int(b), dtype=np.uint32))).sum(axis=2)
+        top = idx.max(axis=1).astype(np.int64)
+        if (table[sel] + (top + 1) * width > n).any():
+            raise ValueError("compressed_segmentation lookup table lies outside the chunk (truncated?)")
+
+
 def decode_chunk(data: bytes, encoding: str, shape, dtype, channels: int = 1,
                  block_size=(8, 8, 8)) -> np.ndarray:
     """Bytes of one stored chunk (gzip already undone) -> ``[x, y, z, c]`` F-ordered array.
@@ -120,6 +156,8 @@ def decode_chunk(data: bytes, encoding: str, shape, dtype, channels: int = 1,
         arr = np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape((x, y, z, channels), order="F")
         return np.asfortranarray(arr.astype(dtype, copy=False))
     if encoding in ("jpeg", "png"):
+        if encoding == "jpeg" and not bytes(data[-2:]) == b"\xff\xd9":
+            raise ValueError("JPEG data has no end-of-image marker (truncated)")
         img = imagecodecs.jpeg8_decode(data) if encoding == "jpeg" else imagecodecs.png_decode(data)
         if img.size != x * y * z * channels:
             raise ValueError(f"{encoding} chunk decodes to {img.shape}, not {x}x{y * z}x{channels}")
@@ -132,8 +170,13 @@ def decode_chunk(data: bytes, encoding: str, shape, dtype, channels: int = 1,
             raise ValueError("compressed_segmentation chunk is shorter than its channel header")
         out = np.empty((x, y, z, channels), dtype=dtype, order="F")
         ends = list(words[1:]) + [len(data) // 4]
+        if len(data) % 4:
+            raise ValueError(f"compressed_segmentation chunk has {len(data)} bytes, not a whole number of words")
         for c in range(channels):
+            if not channels <= int(words[c]) <= int(ends[c]) <= len(data) // 4:
+                raise ValueError(f"compressed_segmentation channel {c} offset {int(words[c])} is out of range")
             body = b"\x01\x00\x00\x00" + data[4 * int(words[c]): 4 * int(ends[c])]
+            validate_cseg(np.frombuffer(body, "<u4")[1:], (x, y, z), tuple(block_size), dtype.itemsize // 4)
             try:
                 out[:, :, :, c] = cseg.decompress(body, (x, y, z), dtype, tuple(block_size), order="F")
             except Exception as e:      # the kernel reports bad data with several error types

@@ -1,0 +1,490 @@
+"""Validating a precomputed dataset (ours or another tool's) against the format.
+
+Checks, each problem reported as one line ``KEY: what is wrong``:
+
+* ``info``: required keys and types, scale order (finest first), chunk and shard
+  parameters, the encoding against the data type and channel count;
+* chunks (a sample per scale, or all with ``full``): a chunk that is missing although the
+  next coarser (or, for the coarsest, the next finer) scale has data there, chunks that do
+  not decode to their shape, damaged gzip;
+* shards: the shard index, every minishard index (keys belong to the shard and minishard,
+  data ranges inside the file);
+* meshes: legacy manifests and fragments, multi-resolution manifests (their exact length)
+  and fragment sizes, sharded or not;
+* segment properties: the spec's rules.
+"""
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .codecs import decode_chunk, encoding_problem
+from .errors import UserError
+from .geometry import Box, ChunkGrid, chunk_key
+from .mesh_formats import parse_multires_manifest, read_legacy_fragment
+from .sharding import ShardedReader, ShardSpec, check_spec_json, compressed_morton
+from .spec import DATA_TYPES
+from .store import Store, open_store
+from .volume_reader import PrecomputedVolume
+
+KNOWN_ENCODINGS = ("raw", "jpeg", "png", "compressed_segmentation", "compresso")
+NUMBER_TYPES = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767),
+                "uint32": (0, 2 ** 32 - 1), "int32": (-2 ** 31, 2 ** 31 - 1), "float32": None}
+
+
+@dataclass
+class Report:
+    url: str
+    problems: list[str] = field(default_factory=list)
+    checked: dict = field(default_factory=dict)
+
+    def add(self, key: str, message: str) -> None:
+        self.problems.append(f"{key}: {message}")
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.checked[what] = self.checked.get(what, 0) + n
+
+
+def _is_int_list(v, n=3, positive=False) -> bool:
+    return (isinstance(v, list) and len(v) == n and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+            and (not positive or all(x > 0 for x in v)))
+
+
+# ---------------------------------------------------------------- info
+
+
+def check_volume_info(info: dict, r: Report) -> bool:
+    """Problems of a volume info; True when the scales are usable for the chunk checks."""
+    ok = True
+    if info.get("@type", "neuroglancer_multiscale_volume") != "neuroglancer_multiscale_volume":
+        r.add("info", f"@type {info.get('@type')!r} is not neuroglancer_multiscale_volume")
+    if info.get("type") not in ("image", "segmentation"):
+        r.add("info", f"type {info.get('type')!r} is not image or segmentation")
+    dtype = info.get("data_type")
+    if dtype not in DATA_TYPES:
+        r.add("info", f"data_type {dtype!r} is not one of {', '.join(DATA_TYPES)}")
+        ok = False
+    channels = info.get("num_channels")
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+        r.add("info", f"num_channels {channels!r} is not a positive integer")
+        ok = False
+    scales = info.get("scales")
+    if not isinstance(scales, list) or not scales:
+        r.add("info", "scales is missing or empty")
+        return False
+    keys = set()
+    prev = None
+    for i, s in enumerate(scales):
+        where = f"info scale {i}"
+        if not isinstance(s, dict):
+            r.add(where, "is not an object")
+            ok = False
+            continue
+        key = s.get("key")
+        if not isinstance(key, str) or not key:
+            r.add(where, "key is missing")
+            ok = False
+        elif key in keys:
+            r.add(where, f"key {key!r} is used by another scale")
+        keys.add(key)
+        if not _is_int_list(s.get("size"), positive=True):
+            r.add(where, f"size {s.get('size')!r} is not three positive integers")
+            ok = False
+        if "voxel_offset" in s and not _is_int_list(s.get("voxel_offset")):
+            r.add(where, f"voxel_offset {s.get('voxel_offset')!r} is not three integers")
+            ok = False
+        res = s.get("resolution")
+        if not (isinstance(res, list) and len(res) == 3 and all(isinstance(x, (int, float)) and x > 0 for x in res)):
+            r.add(where, f"resolution {res!r} is not three positive numbers")
+            ok = False
+            res = None
+        cs = s.get("chunk_sizes")
+        if not (isinstance(cs, list) and cs and all(_is_int_list(c, positive=True) for c in cs)):
+            r.add(where, f"chunk_sizes {cs!r} is not a list of three positive integers")
+            ok = False
+        enc = s.get("encoding")
+        if enc not in KNOWN_ENCODINGS:
+            r.add(where, f"encoding {enc!r} is not one of {', '.join(KNOWN_ENCODINGS)}")
+            ok = False
+        elif dtype in DATA_TYPES and isinstance(channels, int) and enc != "compresso":
+            problem = encoding_problem(enc, dtype, channels)
+            if problem:
+                r.add(where, problem)
+        if enc == "compressed_segmentation" and not _is_int_list(
+                s.get("compressed_segmentation_block_size"), positive=True):
+            r.add(where, "compressed_segmentation_block_size is missing or not three positive integers")
+            ok = False
+        if enc == "jpeg" and "jpeg_quality" in s and not (isinstance(s["jpeg_quality"], int)
+                                                           and 0 <= s["jpeg_quality"] <= 100):
+            r.add(where, f"jpeg_quality {s['jpeg_quality']!r} is not 0..100")
+        if "sharding" in s:
+            for p in check_spec_json(s["sharding"]):
+                r.add(where, p)
+                ok = False
+            if isinstance(cs, list) and len(cs) != 1:
+                r.add(where, "a sharded scale must have exactly one chunk size")
+        if res is not None and prev is not None and any(a < b for a, b in zip(res, prev)):
+            r.add(where, f"resolution {res} is finer than the previous scale's {prev}; list scales from finest "
+                         "to coarsest")
+        prev = res if res is not None else prev
+    for name in ("mesh", "skeletons", "segment_properties"):
+        if name in info and not isinstance(info[name], str):
+            r.add("info", f"{name} is not a string")
+    return ok
+
+
+# ---------------------------------------------------------------- chunks
+
+
+def _sample(n: int, full: bool, count: int) -> np.ndarray:
+    if full or n <= count:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, size=count, replace=False))
+
+
+def _grid(info: dict, i: int) -> ChunkGrid:
+    s = info["scales"][i]
+    start = tuple(s.get("voxel_offset", (0, 0, 0)))
+    return ChunkGrid(Box(start, tuple(a + n for a, n in zip(start, s["size"]))), tuple(s["chunk_sizes"][0]))
+
+
+def _region_has_data(vol: PrecomputedVolume, info: dict, src: int, dst: int, box: Box) -> bool:
+    """Whether scale ``dst`` has non-zero voxels over ``box`` of scale ``src``."""
+    a = np.array(info["scales"][src]["resolution"], float)
+    b = np.array(info["scales"][dst]["resolution"], float)
+    lo = np.floor(np.array(box.start) * a / b).astype(int)
+    hi = np.ceil(np.array(box.stop) * a / b).astype(int)
+    try:
+        return bool(vol.read(dst, Box(tuple(lo), tuple(hi))).any())
+    except UserError:
+        return False
+
+
+def check_chunks(store: Store, info: dict, r: Report, full: bool, per_scale: int) -> None:
+    vol = PrecomputedVolume(store, info)
+    dtype = np.dtype(info["data_type"])
+    channels = int(info["num_channels"])
+    last = len(info["scales"]) - 1
+    for i, s in enumerate(info["scales"]):
+        grid = _grid(info, i)
+        if "sharding" in s:
+            check_shards(store, s, grid, r)
+        idx = _sample(grid.count, full, per_scale)
+        shape = grid.shape
+        cells = []
+        for n in idx:
+            k, rem = divmod(int(n), shape[0] * shape[1])
+            j, ii = divmod(rem, shape[0])
+            cells.append(grid.cell((ii, j, k)))
+        block = tuple(s.get("compressed_segmentation_block_size", (8, 8, 8)))
+        repeats: dict[str, list] = {}       # one line per kind of damage, with a count
+
+        def damaged(key: str, message: str) -> None:
+            repeats.setdefault(message, [key, 0])[1] += 1
+
+        for cell in cells:
+            key = f"{s['key']}/{chunk_key(cell)}"
+            r.count("chunks")
+            try:
+                ((_c, _w, data),) = list(vol.chunks(i, grid, [cell]))
+            except UserError as e:
+                text = str(e)
+                damaged(key, text.split(": ", 1)[1] if "sharding" in s and ": " in text else text)
+                continue
+            if data is None:
+                other = i + 1 if i < last else i - 1
+                if other >= 0 and other != i and _region_has_data(vol, info, i, other, cell):
+                    r.add(key, f"missing, but scale {info['scales'][other]['key']} has data there")
+                continue
+            if s["encoding"] == "compresso":
+                continue
+            try:
+                decode_chunk(data, s["encoding"], cell.shape, dtype, channels, block)
+            except Exception as e:       # every decoder error is a damaged chunk
+                r.add(key, f"does not decode to {'x'.join(map(str, cell.shape))}x{channels} ({e})")
+        for message, (key, n) in repeats.items():
+            r.add(key, message + (f" (and {n - 1} more chunk(s) of this scale)" if n > 1 else ""))
+
+
+def check_shards(store: Store, s: dict, grid: ChunkGrid, r: Report) -> None:
+    spec = ShardSpec.from_json(s["sharding"])
+    reader = ShardedReader(store, s["key"], spec)
+    for key, size in store.list(s["key"] + "/"):
+        name = key.rsplit("/", 1)[-1]
+        m = re.fullmatch(r"([0-9a-f]+)\.shard", name)
+        if not m:
+            continue
+        shard = int(m.group(1), 16)
+        r.count("shards")
+        _check_one_shard(reader, spec, shard, key, size, r, grid)
+
+
+def _check_one_shard(reader: ShardedReader, spec: ShardSpec, shard: int, key: str, size: int, r: Report,
+                     grid: ChunkGrid | None) -> list[tuple[int, int, int]]:
+    """Shard index and minishard indexes; returns (key, start, size) entries."""
+    out = []
+    try:
+        index = reader.shard_index(shard)
+    except ValueError as e:
+        r.add(key, str(e))
+        return out
+    if index is None:
+        return out
+    max_code = None
+    if grid is not None:
+        max_code = int(compressed_morton(np.array([[n - 1 for n in grid.shape]]), grid.shape)[0])
+    for mini, (a, b) in enumerate(index.tolist()):
+        if b < a or spec.index_bytes + b > size:
+            r.add(key, f"shard index entry {mini} ({a}, {b}) points outside the file ({size} bytes)")
+            continue
+        try:
+            entries = reader.minishard(shard, mini)
+        except (ValueError, OSError, EOFError) as e:
+            r.add(key, f"minishard {mini}: {e}")
+            continue
+        for k, (start, n) in entries.items():
+            if reader.spec.locate(k) != (shard, mini):
+                r.add(key, f"minishard {mini} lists key {k}, which belongs to shard {reader.spec.locate(k)[0]} "
+                           f"minishard {reader.spec.locate(k)[1]}")
+            if start < spec.index_bytes or start + n > size:
+                r.add(key, f"key {k}: data [{start}, {start + n}) lies outside the file ({size} bytes)")
+            if max_code is not None and k > max_code:
+                r.add(key, f"key {k} is beyond the chunk grid {grid.shape}")
+            out.append((k, start, n))
+    return out
+
+
+# ---------------------------------------------------------------- meshes
+
+
+def check_meshes(store: Store, directory: str, r: Report, full: bool, per_dir: int) -> None:
+    prefix = f"{directory}/" if directory else ""
+    blob = store.get(prefix + "info")
+    mesh_type = "neuroglancer_legacy_mesh"
+    minfo: dict = {}
+    if blob is not None:
+        try:
+            minfo = json.loads(blob)
+            mesh_type = minfo.get("@type", mesh_type)
+        except ValueError:
+            r.add(prefix + "info", "is not valid JSON")
+            return
+    if mesh_type == "neuroglancer_multilod_draco":
+        _check_multires(store, prefix, minfo, r, full, per_dir)
+        return
+    if mesh_type != "neuroglancer_legacy_mesh":
+        r.add(prefix + "info", f"@type {mesh_type!r} is not a mesh type")
+        return
+    manifests = sorted(k for k, _ in store.list(prefix) if re.fullmatch(r"\d+:0", k[len(prefix):]))
+    for key in [manifests[i] for i in _sample(len(manifests), full, per_dir)]:
+        r.count("mesh manifests")
+        try:
+            frags = json.loads(store.get(key) or b"null")["fragments"]
+            assert isinstance(frags, list) and all(isinstance(f, str) for f in frags)
+        except (ValueError, TypeError, KeyError, AssertionError):
+            r.add(key, 'is not a legacy manifest {"fragments": [names]}')
+            continue
+        for name in frags:
+            data = store.get(prefix + name)
+            if data is None:
+                r.add(key, f"lists fragment {name!r}, which does not exist")
+                continue
+            try:
+                read_legacy_fragment(data)
+            except (ValueError, struct.error) as e:
+                r.add(prefix + name, f"is not a legacy mesh fragment ({e})")
+
+
+def _check_multires(store: Store, prefix: str, minfo: dict, r: Report, full: bool, per_dir: int) -> None:
+    bits = minfo.get("vertex_quantization_bits")
+    if bits not in (10, 16):
+        r.add(prefix + "info", f"vertex_quantization_bits {bits!r} is not 10 or 16")
+    t = minfo.get("transform")
+    if t is not None and not (isinstance(t, list) and len(t) == 12):
+        r.add(prefix + "info", "transform is not 12 numbers")
+    if "sharding" in minfo:
+        for p in check_spec_json(minfo["sharding"]):
+            r.add(prefix + "info", p)
+            return
+        spec = ShardSpec.from_json(minfo["sharding"])
+        reader = ShardedReader(store, prefix.rstrip("/"), spec)
+        for key, size in store.list(prefix):
+            m = re.fullmatch(r"([0-9a-f]+)\.shard", key[len(prefix):])
+            if not m:
+                continue
+            r.count("shards")
+            entries = _check_one_shard(reader, spec, int(m.group(1), 16), key, size, r, None)
+            for k, _start, _n in [entries[i] for i in _sample(len(entries), full, per_dir)]:
+                r.count("mesh manifests")
+                try:
+                    manifest = reader.get(k)
+                    parsed = parse_multires_manifest(manifest)
+                    total = sum(int(x.sum()) for x in parsed["sizes"])
+                    reader.get_with_prefix(k, total)
+                except (ValueError, OSError, EOFError, struct.error) as e:
+                    r.add(f"{key} segment {k}", str(e))
+        return
+    manifests = sorted(k for k, _ in store.list(prefix) if re.fullmatch(r"\d+\.index", k[len(prefix):]))
+    sizes = dict(store.list(prefix))
+    for key in [manifests[i] for i in _sample(len(manifests), full, per_dir)]:
+        r.count("mesh manifests")
+        try:
+            parsed = parse_multires_manifest(store.get(key) or b"")
+        except (ValueError, struct.error) as e:
+            r.add(key, str(e))
+            continue
+        total = sum(int(x.sum()) for x in parsed["sizes"])
+        frag = key[: -len(".index")]
+        if frag not in sizes and total:
+            r.add(frag, "fragment data is missing")
+        elif sizes.get(frag, 0) != total:
+            r.add(frag, f"is {sizes.get(frag, 0)} bytes, the manifest's fragments add up to {total}")
+
+
+# ---------------------------------------------------------------- segment properties
+
+
+def segment_property_problems(obj) -> list[str]:
+    """The spec's rules for ``neuroglancer_segment_properties``."""
+    out = []
+    if not isinstance(obj, dict) or obj.get("@type") != "neuroglancer_segment_properties":
+        return ["@type is not neuroglancer_segment_properties"]
+    inline = obj.get("inline")
+    if not isinstance(inline, dict):
+        return ["only inline properties are supported, and inline is missing"]
+    ids = inline.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) and re.fullmatch(r"\d+", i) and int(i) < 2 ** 64
+                                            for i in ids):
+        return ["ids must be a list of base-10 strings of uint64 values"]
+    if len(set(ids)) != len(ids):
+        out.append("ids repeat")
+    props = inline.get("properties")
+    if not isinstance(props, list):
+        return out + ["properties is not a list"]
+    seen, kinds = set(), {}
+    for p in props:
+        if not isinstance(p, dict):
+            out.append("a property is not an object")
+            continue
+        pid, kind = p.get("id"), p.get("type")
+        where = f"property {pid!r}"
+        if not isinstance(pid, str) or not pid:
+            out.append("a property has no id")
+        elif pid in seen:
+            out.append(f"{where}: id is used twice")
+        seen.add(pid)
+        if kind not in ("label", "description", "string", "number", "tags"):
+            out.append(f"{where}: type {kind!r} is not label, description, string, number or tags")
+            continue
+        kinds[kind] = kinds.get(kind, 0) + 1
+        values = p.get("values")
+        if not isinstance(values, list) or len(values) != len(ids):
+            out.append(f"{where}: values must be a list as long as ids ({len(ids)})")
+            continue
+        if kind in ("label", "description", "string") and not all(isinstance(v, str) for v in values):
+            out.append(f"{where}: values must be strings")
+        if kind == "number":
+            dt = p.get("data_type")
+            if dt not in NUMBER_TYPES:
+                out.append(f"{where}: data_type {dt!r} is not one of {', '.join(NUMBER_TYPES)}")
+            elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                out.append(f"{where}: values must be numbers")
+            elif NUMBER_TYPES[dt] is not None:
+                lo, hi = NUMBER_TYPES[dt]
+                if not all(float(v).is_integer() and lo <= v <= hi for v in values):
+                    out.append(f"{where}: values do not fit {dt}")
+        if kind == "tags":
+            tags = p.get("tags")
+            if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+                out.append(f"{where}: tags must be a list of strings")
+                continue
+            bad = [t for t in tags if "#" in t or re.search(r"\s", t) or not t]
+            if bad:
+                out.append(f"{where}: tag {bad[0]!r} contains a space or '#'")
+            if len({t.lower() for t in tags}) != len(tags):
+                out.append(f"{where}: tags repeat (case-insensitively)")
+            if "description" in p:
+                out.append(f"{where}: a tags property has no description")
+            td = p.get("tag_descriptions")
+            if td is not None and (not isinstance(td, list) or len(td) != len(tags)):
+                out.append(f"{where}: tag_descriptions must be as long as tags")
+            for v in values:
+                if not (isinstance(v, list) and all(isinstance(x, int) and 0 <= x < len(tags) for x in v)
+                        and v == sorted(set(v))):
+                    out.append(f"{where}: each value must be a sorted list of distinct tag indices")
+                    break
+    for kind in ("label", "description", "tags"):
+        if kinds.get(kind, 0) > 1:
+            out.append(f"more than one {kind} property")
+    return out
+
+
+def check_properties(store: Store, directory: str, r: Report) -> None:
+    key = f"{directory}/info" if directory else "info"
+    blob = store.get(key)
+    if blob is None:
+        r.add(key, "missing (info names segment properties here)")
+        return
+    try:
+        obj = json.loads(blob)
+    except ValueError:
+        r.add(key, "is not valid JSON")
+        return
+    r.count("segment properties")
+    for p in segment_property_problems(obj):
+        r.add(key, p)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def _join(base: str, rel: str) -> str:
+    parts = [p for p in (base.rstrip("/") + "/" + rel).split("/") if p not in ("", ".")]
+    out: list[str] = []
+    for p in parts:
+        if p == "..":
+            if out:
+                out.pop()
+        else:
+            out.append(p)
+    return "/".join(out)
+
+
+def check(url, storage=None, full: bool = False, sample: int = 64) -> Report:
+    """Validate the dataset at ``url``; see the module docstring."""
+    store = open_store(url, storage if "://" in str(url) else None)
+    store.check_readable()
+    r = Report(store.url)
+    blob = store.get("info")
+    if blob is None:
+        r.add("info", "missing: this is not a precomputed dataset (or it is unfinished)")
+        return r
+    try:
+        info = json.loads(blob)
+    except ValueError as e:
+        r.add("info", f"is not valid JSON ({e})")
+        return r
+    if not isinstance(info, dict):
+        r.add("info", "is not a JSON object")
+        return r
+    kind = info.get("@type", "neuroglancer_multiscale_volume")
+    if kind in ("neuroglancer_legacy_mesh", "neuroglancer_multilod_draco"):
+        check_meshes(store, "", r, full, sample)
+        if isinstance(info.get("segment_properties"), str):
+            check_properties(store, _join("", info["segment_properties"]), r)
+        return r
+    if kind == "neuroglancer_segment_properties":
+        for p in segment_property_problems(info):
+            r.add("info", p)
+        return r
+    if check_volume_info(info, r):
+        check_chunks(store, info, r, full, sample)
+    if isinstance(info.get("mesh"), str):
+        check_meshes(store, info["mesh"].strip("/"), r, full, sample)
+    if isinstance(info.get("segment_properties"), str):
+        check_properties(store, _join("", info["segment_properties"]), r)
+    return r
