@@ -89,11 +89,11 @@ def new_info(info: dict, opts: ReencodeOptions) -> dict:
     channels = int(out.get("num_channels", 1))
     for s in out["scales"]:
         enc = opts.encoding or s["encoding"]
+        if enc == "jpeg" and out.get("type") == "segmentation":
+            raise UserError("--encoding jpeg is lossy and would invent labels; keep a lossless encoding")
         problem = encoding_problem(enc, dtype, channels)
         if problem:
             raise UserError(f"--encoding {enc}: {problem}")
-        if enc == "jpeg" and out.get("type") == "segmentation":
-            raise UserError("--encoding jpeg is lossy and would invent labels; keep a lossless encoding")
         for k in ("jpeg_quality", "png_level", "compressed_segmentation_block_size"):
             if enc != s["encoding"]:
                 s.pop(k, None)
