@@ -357,7 +357,7 @@ def _add_reencode(sub) -> None:
         g.add_argument("--block-size", type=_vec(int, "--block-size"), help="compressed_segmentation block size")
         g.add_argument("--compress", default="auto", choices=["auto", "gzip", "none"],
                        help="gzip chunks (default: gzip for raw and compressed_segmentation)")
-        g.add_argument("--gzip-level", type=int, default=6, help="1-12 (default 6)")
+        g.add_argument("--gzip-level", type=int, default=1, help="1 (fastest, default) to 12 (smallest)")
         g.add_argument("--chunk-size", type=_vec(int, "--chunk-size"), help="new chunk shape x,y,z")
         layout = g.add_mutually_exclusive_group()
         layout.add_argument("--sharded", dest="sharded", action="store_const", const=True, default=None,

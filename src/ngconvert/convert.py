@@ -354,7 +354,8 @@ def _run(task):
 def _run_shard(task):
     ctx = context()
     plan = ctx["plan"]
-    return run_shard_task(ctx["store"], plan.scales(), plan.layer.chunk_size, plan.layer.sharding, task)
+    return run_shard_task(ctx["store"], plan.scales(), plan.layer.chunk_size, plan.layer.sharding, task,
+                          plan.layer.gzip_level)
 
 
 def _executor_for(plan: Plan, store: Store, workers: int | None):

@@ -389,7 +389,7 @@ def write_one_mesh_shard(store, directory: str, spec_json: dict, shard: int, ite
         manifest = store.get(f"{SHARD_OUT}/{label}.index")
         if manifest is None:
             return None
-        return manifest, store.get(f"{SHARD_OUT}/{label}") or b""
+        return manifest, store.get(f"{SHARD_OUT}/{label}") or b"", False
 
     tmpdir = None
     root = getattr(store, "root", None)

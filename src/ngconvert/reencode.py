@@ -41,7 +41,7 @@ class ReencodeOptions:
     png_level: int = 6
     cseg_block_size: tuple | None = None
     compress: str = "auto"                 # gzip, none, auto (gzip for raw/compressed_segmentation)
-    gzip_level: int = 6
+    gzip_level: int = 1
     chunk_size: tuple | None = None
     sharded: bool | None = None            # True: shard every scale, False: unshard, None: keep
     shard_bytes: int | None = None
@@ -198,8 +198,9 @@ def run_block(src: Store, dst: Store, src_info: dict, dst_info: dict, opts: Reen
         blob = encode_chunk(np.asfortranarray(data[cell.slices(task.box.start)]), enc)
         key = f"{s['key']}/{chunk_key(cell)}"
         if sharded:
-            dst.put(f"{CHUNK_SCRATCH}/{key}", blob)
-        elif gzip:
+            key = f"{CHUNK_SCRATCH}/{key}"
+            gzip = s["sharding"].get("data_encoding") == "gzip"
+        if gzip:
             dst.put(key, gzip_compress(blob, opts.gzip_level), content_encoding="gzip")
         else:
             dst.put(key, blob)
@@ -214,17 +215,30 @@ def _copy_block(vol: PrecomputedVolume, dst: Store, s: dict, opts: ReencodeOptio
     grid = ChunkGrid(sc.bounds, tuple(int(c) for c in s["chunk_sizes"][0]))
     sharded = "sharding" in s
     gzip = _compress(opts, s["encoding"]) == "gzip" and not sharded
+    if sharded:
+        gzip = s["sharding"].get("data_encoding") == "gzip"
+    source_sharded = "sharding" in vol.info["scales"][task.scale]
     n = 0
-    for cell, _where, blob in vol.chunks(task.scale, grid, list(grid.cells_in(task.box))):
+    for cell in grid.cells_in(task.box):
+        key = f"{s['key']}/{chunk_key(cell)}"
+        if source_sharded:
+            ((_c, _w, blob),) = list(vol.chunks(task.scale, grid, [cell]))
+            raw_gz = None
+        else:                      # gzipped objects pass through without being unpacked
+            raw = vol.store.get_raw(key)
+            blob = None if raw is None else raw.data
+            raw_gz = raw is not None and raw.content_encoding == "gzip"
+            if raw_gz and not gzip:
+                blob = vol.store.get(key)
         if blob is None:
             continue
-        key = f"{s['key']}/{chunk_key(cell)}"
-        if sharded:
-            dst.put(f"{CHUNK_SCRATCH}/{key}", blob)
+        target = f"{CHUNK_SCRATCH}/{key}" if sharded else key
+        if gzip and raw_gz:
+            dst.put(target, blob, content_encoding="gzip")
         elif gzip:
-            dst.put(key, gzip_compress(blob, opts.gzip_level), content_encoding="gzip")
+            dst.put(target, gzip_compress(blob, opts.gzip_level), content_encoding="gzip")
         else:
-            dst.put(key, blob)
+            dst.put(target, blob)
         n += 1
     dst.put(_done_key(task), b"")
     return n
@@ -240,7 +254,7 @@ def _run_shard(task):
     info = c["dst_info"]
     specs = [s.get("sharding") for s in info["scales"]]
     chunk = tuple(info["scales"][task.scale]["chunk_sizes"][0])
-    return run_shard_task(c["dst"], _scales(info), chunk, specs, task)
+    return run_shard_task(c["dst"], _scales(info), chunk, specs, task, c["opts"].gzip_level)
 
 
 def _sidecars(src: Store, info: dict) -> list[str]:

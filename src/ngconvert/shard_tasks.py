@@ -60,7 +60,7 @@ def shard_done_key(task: ShardTask) -> str:
     return f"{SCRATCH}/done/shards/{task.scale}/{task.shard}"
 
 
-def run_shard_task(store, scales, chunk_size, specs, task: ShardTask) -> int:
+def run_shard_task(store, scales, chunk_size, specs, task: ShardTask, gzip_level: int = 6) -> int:
     """Write one shard file; returns the number of chunks in it."""
     from .sharding import decode_morton
 
@@ -70,14 +70,22 @@ def run_shard_task(store, scales, chunk_size, specs, task: ShardTask) -> int:
 
     def fetch(key: int):
         cell: Box = grid.cell(decode_morton(key, grid.shape))
-        data = store.get(f"{CHUNK_SCRATCH}/{scale.key}/{chunk_key(cell)}")
-        return None if data is None else (data, b"")
+        name = f"{CHUNK_SCRATCH}/{scale.key}/{chunk_key(cell)}"
+        raw = store.get_raw(name)
+        if raw is None:
+            return None
+        if raw.content_encoding == "gzip":
+            if spec.data_encoding == "gzip":       # gzipped by the pyramid task: stored as it is
+                return raw.data, b"", True
+            return store.get(name), b"", False
+        return raw.data, b"", False
 
     tmpdir = None
     root = getattr(store, "root", None)
     if root is not None:          # a local dataset: build the shard beside it, then rename
         tmpdir = str(root / SCRATCH / "tmp")
         (root / SCRATCH / "tmp").mkdir(parents=True, exist_ok=True)
-    n = write_shard(store, f"{scale.key}/{spec.shard_name(task.shard)}", spec, list(task.items), fetch, tmpdir)
+    n = write_shard(store, f"{scale.key}/{spec.shard_name(task.shard)}", spec, list(task.items), fetch, tmpdir,
+                    gzip_level)
     store.put(shard_done_key(task), b"")
     return n

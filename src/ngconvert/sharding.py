@@ -152,23 +152,25 @@ def choose_spec(grid_shape, chunk_bytes: int, encoding: str, target_bytes: int =
 class ShardFileWriter:
     """Writes one shard file, minishard by minishard (keys ascending within each)."""
 
-    def __init__(self, path: str, spec: ShardSpec):
+    def __init__(self, path: str, spec: ShardSpec, gzip_level: int = 6):
         self.spec = spec
+        self.gzip_level = gzip_level
         self.f = open(path, "wb")
         self.f.write(b"\0" * spec.index_bytes)
         self.index = np.zeros((1 << spec.minishard_bits, 2), np.uint64)
         self.count = 0
 
-    def add_minishard(self, minishard: int, entries: Iterable[tuple[int, bytes, bytes]]) -> int:
-        """``entries``: (key, data, prefix) in ascending key order; ``prefix`` is written just
-        before ``data`` and not indexed (multires mesh fragments).  Returns entries written."""
+    def add_minishard(self, minishard: int, entries: Iterable[tuple[int, bytes, bytes, bool]]) -> int:
+        """``entries``: (key, data, prefix, encoded) in ascending key order; ``prefix`` is
+        written just before ``data`` and not indexed (multires mesh fragments); ``encoded``
+        says ``data`` is already in the data encoding (gzipped).  Returns entries written."""
         base = self.spec.index_bytes
         keys, starts, sizes = [], [], []
-        for key, data, prefix in entries:
+        for key, data, prefix, encoded in entries:
             if prefix:
                 self.f.write(prefix)
-            if self.spec.data_encoding == "gzip":
-                data = gzip_compress(data, 6)
+            if self.spec.data_encoding == "gzip" and not encoded:
+                data = gzip_compress(data, self.gzip_level)
             starts.append(self.f.tell() - base)
             self.f.write(data)
             keys.append(int(key))
@@ -199,13 +201,15 @@ class ShardFileWriter:
 
 
 def write_shard(store, key: str, spec: ShardSpec, items: list[tuple[int, int]],
-                fetch: Callable[[int], tuple[bytes, bytes] | None], tmpdir: str | None = None) -> int:
+                fetch: Callable[[int], tuple[bytes, bytes, bool] | None], tmpdir: str | None = None,
+                gzip_level: int = 6) -> int:
     """Write the shard file ``key`` from ``items`` ((minishard, chunk key) pairs); ``fetch``
-    returns (data, prefix) for a key or None (nothing stored for it).  Returns entries."""
+    returns (data, prefix, already encoded) for a key, or None (nothing stored for it).
+    Returns the number of entries."""
     fd, path = tempfile.mkstemp(prefix="ngconvert-shard-", dir=tmpdir)
     os.close(fd)
     try:
-        w = ShardFileWriter(path, spec)
+        w = ShardFileWriter(path, spec, gzip_level)
         items = sorted(items)
         at = 0
         while at < len(items):
@@ -218,7 +222,7 @@ def write_shard(store, key: str, spec: ShardSpec, items: list[tuple[int, int]],
                 for _m, k in group:
                     got = fetch(k)
                     if got is not None:
-                        yield k, got[0], got[1]
+                        yield (k, *got)
             w.add_minishard(m, entries())
             at = stop
         w.close()

@@ -92,13 +92,15 @@ class ChunkWriter:
         # sharded layers: chunks wait in the scratch area, uncompressed, until their shard is
         # assembled (the shard's data_encoding then compresses them)
         self.sharded = plan.layer.sharding is not None
-        self.gzip = plan.layer.compress == "gzip" and not self.sharded
+        self.gzip = plan.layer.compress == "gzip"
         self.result = TaskResult()
 
     def write_level(self, level: int, values: np.ndarray, box: Box) -> None:
         scale = self.plan.scales()[level]
         grid = ChunkGrid(scale.bounds, self.plan.layer.chunk_size)
         skip_empty = self.plan.layer.skip_empty
+        # sharded scales gzip here when their data encoding is gzip: the shard takes the bytes as they are
+        gzip = (self.plan.layer.sharding[level]["data_encoding"] == "gzip") if self.sharded else self.gzip
 
         def encoded():
             for cell in grid.cells_in(box):
@@ -107,7 +109,7 @@ class ChunkWriter:
                     continue
                 data = encode_chunk(chunk, self.opts)
                 enc = None
-                if self.gzip:
+                if gzip:
                     data, enc = gzip_compress(data, self.plan.layer.gzip_level), "gzip"
                 self.result.chunks += 1
                 key = f"{scale.key}/{chunk_key(cell)}"
