@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import __version__
@@ -423,6 +424,138 @@ def _cmd_check(a) -> int:
     return 0
 
 
+def _add_serving(sub) -> None:
+    p = sub.add_parser("serve", help="serve datasets over HTTP for the viewer (CORS, Range, gzip)",
+                       description="Serve a folder of precomputed datasets read-only over HTTP/1.1 with CORS, "
+                                   "Range requests and our KEY.gz files as Content-Encoding: gzip.")
+    p.add_argument("folder", help="folder to serve (datasets inside it, or one dataset)")
+    p.add_argument("--port", type=int, default=9000, help="port (default 9000; 0 picks a free one)")
+    p.add_argument("--bind", default="127.0.0.1", help="address (default 127.0.0.1: this machine only)")
+    p.add_argument("--verbose", action="store_true", help="log one line per request")
+
+    p = sub.add_parser("view", help="open the real Neuroglancer viewer locally on datasets (no internet)",
+                       description="Serve the datasets and the Neuroglancer client shipped in the neuroglancer "
+                                   "package, and open a state with one layer per dataset.")
+    p.add_argument("datasets", nargs="+", help="dataset folders (or http(s)://, s3://, gs:// URLs)")
+    p.add_argument("--port", type=int, default=9000, help="port (default 9000; 0 picks a free one)")
+    p.add_argument("--bind", default="127.0.0.1", help="address (default 127.0.0.1)")
+    p.add_argument("--segments", default="all", help="'all' (default) or comma-separated ids to show")
+    p.add_argument("--layout", choices=["4panel", "xy", "xz", "yz", "3d", "xy-3d", "xz-3d", "yz-3d"],
+                   help="panel layout (default 4panel with a segmentation, else xy)")
+    p.add_argument("--no-browser", action="store_true", help="only print the URL")
+    p.add_argument("--verbose", action="store_true", help="log one line per request")
+    _add_storage_args(p)
+
+    p = sub.add_parser("url", help="print a Neuroglancer URL (or state JSON) for datasets hosted elsewhere",
+                       description="Build the viewer state for datasets and print the URL, the state "
+                                   "percent-encoded after #!. Local folders need --base-url: where they are "
+                                   "served from.")
+    p.add_argument("datasets", nargs="+", help="dataset folders or URLs (http(s)://, s3://, gs://)")
+    p.add_argument("--base-url", action="append", default=[],
+                   help="public URL of each local dataset, in order (repeat for several)")
+    p.add_argument("--viewer", default="https://neuroglancer-demo.appspot.com", help="viewer to link to")
+    p.add_argument("--json", action="store_true", help="print the state as JSON instead of a URL")
+    p.add_argument("--segments", default="all", help="'all' (default) or comma-separated ids to show")
+    p.add_argument("--layout", choices=["4panel", "xy", "xz", "yz", "3d", "xy-3d", "xz-3d", "yz-3d"])
+    _add_storage_args(p)
+
+    p = sub.add_parser("hosting", help="print hosting setups: nginx server block, S3 or GCS CORS and policy",
+                       description="Print what a host needs to serve datasets to the viewer.")
+    hp = p.add_subparsers(dest="host", required=True, parser_class=_Parser)
+    q = hp.add_parser("nginx", help="an nginx server block (CORS, gzip_static for .gz files, Range)")
+    q.add_argument("folder", help="folder of the datasets")
+    q.add_argument("--server-name", default="_")
+    q.add_argument("--listen", type=int, default=80)
+    q.add_argument("--location", default="/", help="URL path the folder appears at (default /)")
+    q = hp.add_parser("s3", help="S3 CORS configuration and public-read bucket policy")
+    q.add_argument("--bucket", required=True)
+    q.add_argument("--prefix", default="", help="only objects under this prefix are public")
+    q.add_argument("--apply", action="store_true", help="set the CORS rules and the policy on the bucket")
+    _add_storage_args(q)
+    q = hp.add_parser("gcs", help="GCS CORS configuration and public access commands")
+    q.add_argument("--bucket", required=True)
+    q.add_argument("--prefix", default="")
+
+
+def _segments_arg(text: str):
+    if text == "all":
+        return "all"
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--segments {text}: give all or comma-separated ids, e.g. 3,17") from None
+
+
+def _cmd_serve(a) -> int:
+    from .serve import DatasetServer
+
+    if not os.path.isdir(a.folder):
+        raise UserError(f"{a.folder}: no such folder; give the folder of your datasets")
+    server = DatasetServer({"/": a.folder}, bind=a.bind, port=a.port, verbose=a.verbose)
+    print(f"serving {os.path.abspath(a.folder)} on {server.url}/ (read-only, CORS, Range, gzip); Ctrl-C to stop",
+          file=sys.stderr)
+    if os.path.isfile(os.path.join(a.folder, "info")):
+        print(f"in the viewer: precomputed://{server.url}", file=sys.stderr)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _cmd_view(a) -> int:
+    from .view import run_view
+
+    run_view(a.datasets, port=a.port, bind=a.bind, segments=_segments_arg(a.segments), layout=a.layout,
+             verbose=a.verbose, browser=not a.no_browser, storage=_storage(a))
+    return 0
+
+
+def _cmd_url(a) -> int:
+    from .store import FileStore
+    from .viewer_state import build_state, load_dataset, source_for, state_url
+
+    storage = _storage(a)
+    local = [d for d in a.datasets if "://" not in d]
+    if len(a.base_url) != len(local):
+        raise UserError(f"give one --base-url for each local folder ({len(local)} given folder(s), "
+                        f"{len(a.base_url)} --base-url): where the folder is served from")
+    bases = iter(a.base_url)
+    loaded = []
+    for d in a.datasets:
+        name = os.path.basename(os.path.normpath(d.split("://", 1)[-1])) or "data"
+        if "://" in d:
+            ds = load_dataset(open_store(d, storage), name, source_for(d, storage.endpoint_url))
+        else:
+            if not os.path.isdir(d):
+                raise UserError(f"{d}: no such folder")
+            ds = load_dataset(FileStore(d), name, source_for(next(bases), storage.endpoint_url))
+        loaded.append(ds)
+    state = build_state(loaded, segments=_segments_arg(a.segments), layout=a.layout)
+    if a.json:
+        print(json.dumps(state, indent=2))
+    else:
+        print(state_url(state, a.viewer))
+    return 0
+
+
+def _cmd_hosting(a) -> int:
+    from . import hosting
+
+    if a.host == "nginx":
+        if not os.path.isdir(a.folder):
+            raise UserError(f"{a.folder}: no such folder")
+        print(hosting.nginx_config(a.folder, a.server_name, a.listen, a.location), end="")
+    elif a.host == "s3":
+        print(hosting.s3_text(a.bucket, a.prefix), end="")
+        if a.apply:
+            hosting.apply_s3(a.bucket, a.prefix, _storage(a))
+            print(f"applied the CORS rules and the public-read policy to s3://{a.bucket}", file=sys.stderr)
+    else:
+        print(hosting.gcs_text(a.bucket, a.prefix), end="")
+    return 0
+
+
 def _add_stats(sub) -> None:
     p = sub.add_parser("stats", help="per-scale size, chunks and stored bytes of a dataset")
     p.add_argument("dataset", help="folder of a precomputed dataset")
@@ -537,6 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mesh_import(sub)
     _add_reencode(sub)
     _add_check(sub)
+    _add_serving(sub)
     _add_stats(sub)
     _add_transfer(sub)
     _add_run(sub)
@@ -545,7 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"convert": _cmd_convert, "assemble": _cmd_assemble, "mesh": _cmd_mesh, "mesh-import": _cmd_mesh_import, "reencode": _cmd_reencode,
-            "transfer": _cmd_reencode, "check": _cmd_check, "stats": _cmd_stats, "example": _cmd_example, "upload": _cmd_transfer,
+            "transfer": _cmd_reencode, "check": _cmd_check, "serve": _cmd_serve,
+            "view": _cmd_view, "url": _cmd_url, "hosting": _cmd_hosting, "stats": _cmd_stats, "example": _cmd_example, "upload": _cmd_transfer,
             "download": _cmd_transfer, "run": _cmd_run}
 
 

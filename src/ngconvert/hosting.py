@@ -1,0 +1,112 @@
+"""Hosting setups for datasets: an nginx server block, S3 CORS and public-read policy, GCS.
+
+What every host must do for the viewer: answer with ``Access-Control-Allow-Origin`` (the
+viewer runs on another origin), let the ``Range`` header through and expose
+``Content-Range``/``Content-Encoding`` (shards and multi-resolution meshes are read by byte
+range), and serve chunks stored gzipped with ``Content-Encoding: gzip``.  Our local layout
+keeps gzipped chunks as ``KEY.gz``: nginx's ``gzip_static always`` serves them for ``KEY``;
+``ngconvert upload`` stores them on S3/GCS as ``KEY`` with ``Content-Encoding: gzip``.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from .errors import UserError
+
+CORS_HEADERS = ["Range", "Content-Type", "Accept-Encoding"]
+EXPOSE = ["Content-Range", "Content-Encoding", "Content-Length", "Accept-Ranges", "ETag"]
+
+
+def nginx_config(root: str, server_name: str = "_", port: int = 80, location: str = "/") -> str:
+    root = os.path.abspath(root)
+    loc = "/" + location.strip("/") + "/" if location.strip("/") else "/"
+    alias = f"alias {root}/;" if loc != "/" else f"root {root};"
+    return f"""# nginx server block for precomputed datasets in {root} (made by ngconvert hosting nginx)
+# needs nginx's gzip_static module (in the standard Debian/Ubuntu nginx packages)
+server {{
+    listen {port};
+    server_name {server_name};
+
+    location {loc} {{
+        {alias}
+        # chunks stored as KEY.gz are served for KEY with Content-Encoding: gzip, to every client
+        gzip_static always;
+        gunzip on;
+        # never compress again on the fly (shards and mesh fragments are read by byte range)
+        gzip off;
+        default_type application/octet-stream;
+
+        if ($request_method = OPTIONS) {{
+            add_header Access-Control-Allow-Origin * always;
+            add_header Access-Control-Allow-Methods "GET, HEAD, OPTIONS" always;
+            add_header Access-Control-Allow-Headers "{", ".join(CORS_HEADERS)}" always;
+            add_header Access-Control-Max-Age 86400 always;
+            return 204;
+        }}
+        add_header Access-Control-Allow-Origin * always;
+        add_header Access-Control-Expose-Headers "{", ".join(EXPOSE)}" always;
+        # a missing chunk is a plain 404 (empty space for the viewer)
+        limit_except GET HEAD OPTIONS {{ deny all; }}
+        autoindex off;
+    }}
+}}
+"""
+
+
+def s3_cors() -> dict:
+    return {"CORSRules": [{"AllowedOrigins": ["*"], "AllowedMethods": ["GET", "HEAD"],
+                           "AllowedHeaders": ["*"], "ExposeHeaders": EXPOSE, "MaxAgeSeconds": 86400}]}
+
+
+def s3_policy(bucket: str, prefix: str = "") -> dict:
+    resource = f"arn:aws:s3:::{bucket}/{prefix.strip('/') + '/' if prefix.strip('/') else ''}*"
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "PublicReadPrecomputed", "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject"],
+         "Resource": [resource]}]}
+
+
+def s3_text(bucket: str, prefix: str = "") -> str:
+    cors = json.dumps(s3_cors(), indent=2)
+    policy = json.dumps(s3_policy(bucket, prefix), indent=2)
+    return f"""# S3 setup for serving precomputed datasets from s3://{bucket}/{prefix}
+# 1. CORS (save as cors.json):
+#    aws s3api put-bucket-cors --bucket {bucket} --cors-configuration file://cors.json
+{cors}
+# 2. public read (save as policy.json; the bucket's Block Public Access must allow policies):
+#    aws s3api put-bucket-policy --bucket {bucket} --policy file://policy.json
+{policy}
+# 3. Content-Encoding: 'ngconvert upload' (or convert/transfer straight to s3://) stores gzipped
+#    chunks with Content-Encoding: gzip; files copied by other tools need it set per object.
+# 4. In the viewer: precomputed://s3://{bucket}/{prefix.strip('/')}  (or 'ngconvert url ... --base-url')
+#    --apply sets 1 and 2 with your credentials ('ngconvert hosting s3 --bucket {bucket} --apply').
+"""
+
+
+def apply_s3(bucket: str, prefix: str, storage) -> None:
+    from .s3 import S3Store
+
+    store = S3Store(f"s3://{bucket}/{prefix}", storage)
+    client = store._client()
+    try:
+        client.put_bucket_cors(Bucket=bucket, CORSConfiguration=s3_cors())
+        client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(s3_policy(bucket, prefix)))
+    except Exception as e:     # botocore raises many types; all are one line for the user
+        raise UserError(f"s3://{bucket}: could not set CORS and the policy ({str(e).splitlines()[0]}); "
+                        "check the credentials and the bucket's public access settings") from None
+
+
+def gcs_text(bucket: str, prefix: str = "") -> str:
+    cors = json.dumps([{"origin": ["*"], "method": ["GET", "HEAD"], "responseHeader": EXPOSE + CORS_HEADERS,
+                        "maxAgeSeconds": 86400}], indent=2)
+    return f"""# Google Cloud Storage setup for serving precomputed datasets from gs://{bucket}/{prefix}
+# 1. CORS (save as cors.json):
+#    gcloud storage buckets update gs://{bucket} --cors-file=cors.json
+{cors}
+# 2. public read:
+#    gcloud storage buckets add-iam-policy-binding gs://{bucket} --member=allUsers --role=roles/storage.objectViewer
+# 3. Content-Encoding: objects uploaded by ngconvert carry Content-Encoding: gzip and are stored
+#    as they are; GCS then decompresses for clients that do not accept gzip, and Range requests
+#    on shards and mesh fragments work because those are stored uncompressed.
+# 4. In the viewer: precomputed://gs://{bucket}/{prefix.strip('/')}
+"""
