@@ -105,7 +105,7 @@ def _world(ds: Dataset):
 
 
 def _dims(scale_m) -> dict:
-    return {axis: [float(s), "m"] for axis, s in zip("xyz", scale_m)}
+    return {axis: [float(f"{s:.12g}"), "m"] for axis, s in zip("xyz", scale_m)}
 
 
 def layer_state(ds: Dataset, global_unit: str | None, segments="all") -> dict:

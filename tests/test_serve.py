@@ -1,0 +1,189 @@
+"""The dataset server over real HTTP, viewer URLs and states, hosting setups."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+import requests
+
+import ngconvert
+from conftest import label_volume, smooth_volume
+from ngconvert.errors import UserError
+from ngconvert.serve import DatasetServer, parse_range
+
+pytest_plugins = ("s3server",)
+
+
+def run(*args, check=None):
+    p = subprocess.run([sys.executable, "-m", "ngconvert", *map(str, args)], capture_output=True, text=True)
+    if check is not None:
+        assert p.returncode == check, p.stderr
+    return p
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("site")
+    ngconvert.write_volume(smooth_volume((40, 30, 20), np.uint8), root / "img", layer_type="image")
+    ngconvert.write_volume(label_volume((40, 30, 20)), root / "seg", layer_type="segmentation", sharded=True)
+    (root / "plain.bin").write_bytes(bytes(range(256)) * 4)
+    (root / "img" / "only.gz").write_bytes(gzip.compress(b"hello range world"))
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "secret.txt").write_text("secret")
+    os.symlink(outside / "secret.txt", root / "link.txt")
+    os.symlink(outside, root / "linkdir")
+    with DatasetServer({"/": root}) as server:
+        yield root, server.url
+
+
+def test_cors_content_types_and_gzip(site):
+    root, url = site
+    r = requests.get(f"{url}/img/info", headers={"Origin": "http://elsewhere"})
+    assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == "*"
+    assert r.headers["Content-Type"] == "application/json" and json.loads(r.content)["type"] == "image"
+    assert "Content-Range" in r.headers["Access-Control-Expose-Headers"]
+    key = json.loads(r.content)["scales"][0]["key"]
+    chunk = next((root / "img" / key).iterdir()).name          # stored as KEY.gz
+    assert chunk.endswith(".gz")
+    raw = requests.get(f"{url}/img/{key}/{chunk[:-3]}", stream=True)
+    assert raw.status_code == 200 and raw.headers["Content-Encoding"] == "gzip"
+    assert raw.raw.read(decode_content=False) == (root / "img" / key / chunk).read_bytes()
+    assert requests.get(f"{url}/img/{key}/0-1_0-1_0-1").status_code == 404      # missing chunk
+    miss = requests.get(f"{url}/img/{key}/0-1_0-1_0-1")
+    assert miss.headers["Access-Control-Allow-Origin"] == "*"
+    head = requests.head(f"{url}/plain.bin")
+    assert head.status_code == 200 and head.headers["Content-Length"] == "1024" and head.content == b""
+
+
+def test_preflight_and_read_only(site):
+    _root, url = site
+    r = requests.options(f"{url}/img/info", headers={"Origin": "http://x", "Access-Control-Request-Method": "GET",
+                                                     "Access-Control-Request-Headers": "range"})
+    assert r.status_code == 204 and r.headers["Access-Control-Allow-Origin"] == "*"
+    assert "GET" in r.headers["Access-Control-Allow-Methods"] and "range" in r.headers["Access-Control-Allow-Headers"]
+    for method in ("PUT", "POST", "DELETE"):
+        assert requests.request(method, f"{url}/img/info", data=b"x").status_code == 405
+
+
+def test_range_requests(site):
+    root, url = site
+    data = (root / "plain.bin").read_bytes()
+    r = requests.get(f"{url}/plain.bin", headers={"Range": "bytes=10-19"})
+    assert r.status_code == 206 and r.content == data[10:20]
+    assert r.headers["Content-Range"] == "bytes 10-19/1024" and r.headers["Content-Length"] == "10"
+    assert requests.get(f"{url}/plain.bin", headers={"Range": "bytes=1000-"}).content == data[1000:]
+    assert requests.get(f"{url}/plain.bin", headers={"Range": "bytes=-24"}).content == data[-24:]
+    assert requests.get(f"{url}/plain.bin", headers={"Range": "bytes=1020-5000"}).content == data[1020:]
+    bad = requests.get(f"{url}/plain.bin", headers={"Range": "bytes=2000-3000"})
+    assert bad.status_code == 416 and bad.headers["Content-Range"] == "bytes */1024"
+    assert requests.get(f"{url}/plain.bin", headers={"Range": "bytes=0-1,5-6"}).status_code == 200
+    # a range of an object stored only as .gz: bytes of the object itself
+    r = requests.get(f"{url}/img/only", headers={"Range": "bytes=6-10"})
+    assert r.status_code == 206 and r.content == b"range" and "Content-Encoding" not in r.headers
+    assert parse_range("bytes=5-", 3) == "invalid" and parse_range("items=1-2", 10) is None
+
+
+def test_sharded_dataset_read_through_the_server(site):
+    _root, url = site
+    import tensorstore as ts
+
+    t = ts.open({"driver": "neuroglancer_precomputed", "kvstore": f"{url}/seg/"}, read=True).result()
+    np.testing.assert_array_equal(np.asarray(t.read().result())[..., 0], label_volume((40, 30, 20)))
+
+
+@pytest.mark.parametrize("path", ["/../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/img/../../etc/passwd",
+                                  "/link.txt", "/linkdir/secret.txt", "//etc/passwd", "/img/%00info",
+                                  "/..%2fsecret"])
+def test_never_outside_the_root(site, path):
+    _root, url = site
+    host, port = url[len("http://"):].split(":")
+    with socket.create_connection((host, int(port))) as s:      # raw request: no client-side normalising
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.split(b" ")[1] == b"404", answer[:200]
+    assert b"secret" not in answer.split(b"\r\n\r\n", 1)[1] and b"root:" not in answer
+
+
+def test_port_in_use_and_bad_folders(site, tmp_path):
+    _root, url = site
+    port = int(url.rsplit(":", 1)[1])
+    with pytest.raises(UserError, match="in use"):
+        DatasetServer({"/": tmp_path}, port=port)
+    p = run("serve", tmp_path / "nope")
+    assert p.returncode == 2 and "no such folder" in p.stderr
+    p = run("view", tmp_path, "--no-browser", "--port", "0")
+    assert p.returncode == 2 and "no info" in p.stderr and "Traceback" not in p.stderr
+    p = run("serve", tmp_path, "--port", str(port))
+    assert p.returncode == 2 and "in use" in p.stderr
+
+
+def test_url_command_states(tmp_path):
+    a = label_volume((30, 30, 30))
+    ngconvert.write_segmentation(a, tmp_path / "atlas", labels={3: {"name": "x", "color": "#123456"}, 7: "y"},
+                                 resolution=(4, 4, 40))
+    p = run("url", tmp_path / "atlas", "--base-url", "https://data.example.org/atlas", check=0)
+    url = p.stdout.strip()
+    assert url.startswith("https://neuroglancer-demo.appspot.com/#!")
+    state = json.loads(unquote(url.split("#!", 1)[1]))
+    layer = state["layers"][0]
+    assert layer["source"] == "precomputed://https://data.example.org/atlas"
+    assert layer["segments"] == ["3", "7", "12", "100"] and layer["segmentColors"]["3"] == "#123456"
+    assert state["dimensions"]["z"] == [4e-8, "m"]
+    p = run("url", tmp_path / "atlas", "--base-url", "https://h/a", "--segments", "7", "--json",
+            "--viewer", "http://localhost:8080", check=0)
+    assert json.loads(p.stdout)["layers"][0]["segments"] == ["7"]
+    p = run("url", tmp_path / "atlas")
+    assert p.returncode == 2 and "--base-url" in p.stderr
+    p = run("url", "ftp://host/x")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+
+
+def test_url_for_s3_dataset_and_world_transform(tmp_path, moto_server, bucket):
+    import nibabel as nib
+
+    img = nib.Nifti1Image(smooth_volume((20, 20, 10), np.uint16, noise=50),
+                          np.array([[0.5, 0, 0, -5], [0, 0.5, 0, -5], [0, 0, 2, -10], [0, 0, 0, 1]]))
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(tmp_path / "a.nii.gz"))
+    run("convert", tmp_path / "a.nii.gz", f"s3://{bucket}/vol", "--endpoint-url", moto_server.url, "--quiet",
+        check=0)
+    p = run("url", f"s3://{bucket}/vol", "--endpoint-url", moto_server.url, "--json", check=0)
+    state = json.loads(p.stdout)
+    layer = state["layers"][0]
+    host = moto_server.url.split("://", 1)[1]
+    assert layer["source"]["url"] == f"precomputed://s3+http://{host}/{bucket}/vol"
+    m = np.array(layer["source"]["transform"]["matrix"])
+    # voxel corner p (layer voxels) -> world mm: affine applied to the voxel index p - 0.5
+    np.testing.assert_allclose(m[:, :3], np.diag([0.5, 0.5, 2.0]))
+    np.testing.assert_allclose(m[:, 3], [-5.25, -5.25, -11.0])
+    assert state["dimensions"]["x"] == [0.001, "m"]
+    lo, hi = layer["shaderControls"]["normalized"]["range"]
+    assert 0 <= lo < hi
+    assert run("url", "gs://bucket/x", "--json").returncode == 2     # no such bucket: one line
+
+
+def test_hosting_outputs(tmp_path, moto_server, bucket):
+    p = run("hosting", "nginx", tmp_path, "--server-name", "data.example.org", check=0)
+    conf = p.stdout
+    assert "gzip_static always" in conf and "Access-Control-Allow-Origin" in conf and str(tmp_path) in conf
+    assert "Content-Range" in conf and "OPTIONS" in conf
+    p = run("hosting", "s3", "--bucket", bucket, "--prefix", "data", check=0)
+    assert f"arn:aws:s3:::{bucket}/data/*" in p.stdout and "put-bucket-cors" in p.stdout
+    run("hosting", "s3", "--bucket", bucket, "--apply", "--endpoint-url", moto_server.url, check=0)
+    client = moto_server.client()
+    rules = client.get_bucket_cors(Bucket=bucket)["CORSRules"]
+    assert rules[0]["AllowedOrigins"] == ["*"] and "Content-Range" in rules[0]["ExposeHeaders"]
+    policy = json.loads(client.get_bucket_policy(Bucket=bucket)["Policy"])
+    assert policy["Statement"][0]["Action"] == ["s3:GetObject"]
+    p = run("hosting", "gcs", "--bucket", "b", check=0)
+    assert "allUsers" in p.stdout and "responseHeader" in p.stdout
