@@ -194,8 +194,7 @@ def test_serial_and_parallel_meshes_are_identical(tmp_path):
     assert files(tmp_path / "1") == files(tmp_path / "2")
 
 
-def test_interrupted_meshing_resumes_to_the_same_bytes(tmp_path, monkeypatch):
-    import ngconvert.meshing as meshing
+def test_interrupted_meshing_resumes_to_the_same_bytes(tmp_path):
     from ngconvert.executors import SerialExecutor
 
     a = blobs((64, 64, 48), seed=7, n=6)
@@ -211,13 +210,11 @@ def test_interrupted_meshing_resumes_to_the_same_bytes(tmp_path, monkeypatch):
                     raise RuntimeError("worker lost")
                 yield pair
 
-    monkeypatch.setattr(meshing, "make_executor", lambda workers: Interrupted())
     with pytest.raises(RuntimeError, match="worker lost"):
-        mesh_layer(tmp_path / "broken", MeshOptions(**opts), workers=1)
+        mesh_layer(tmp_path / "broken", MeshOptions(**opts), executor=Interrupted())
     assert "mesh" not in json.loads((tmp_path / "broken" / "info").read_text())
     with pytest.raises(ngconvert.UserError, match="--resume"):
         mesh_layer(tmp_path / "broken", MeshOptions(**opts), workers=1)
-    monkeypatch.undo()
     mesh_layer(tmp_path / "broken", workers=1, resume=True)
     files = lambda root: {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
     assert files(tmp_path / "broken") == files(tmp_path / "clean")

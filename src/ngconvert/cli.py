@@ -129,6 +129,7 @@ def _add_output_args(p) -> None:
     _add_sharding_args(p)
     g = p.add_argument_group("run")
     g.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    _add_dask_args(g)
     g.add_argument("--task-memory", type=int, metavar="MB",
                    help="input one task holds at most, in MB (default 64, 256 for slice stacks); "
                         "bounds memory per worker")
@@ -137,6 +138,13 @@ def _add_output_args(p) -> None:
     g.add_argument("--dry-run", action="store_true", help="print the planned scales and tasks; write nothing")
     g.add_argument("--quiet", action="store_true", help="no progress bar or notes")
     _add_storage_args(p)
+
+
+def _add_dask_args(g) -> None:
+    g.add_argument("--scheduler", metavar="ADDRESS", help="run the tasks on this Dask cluster, e.g. "
+                                                          "tcp://scheduler:8786 (see docs/distributed.md)")
+    g.add_argument("--dask-workers", type=int, metavar="N", help="run the tasks on a local Dask cluster of N "
+                                                                  "worker processes")
 
 
 def _add_sharding_args(p) -> None:
@@ -180,7 +188,8 @@ def _convert_options(a) -> ConvertOptions:
         labels=v.get("labels"), only=v.get("only"), exclude=v.get("exclude"), all_labels=v.get("all_labels", False),
         mesh=_mesh_options(a) if v.get("mesh") else None, sharded=a.sharded,
         shard_bytes=a.shard_size << 20 if a.shard_size else None, shard_hash=a.shard_hash,
-        sharding=_sharding_json(a.sharding), overwrite=a.overwrite, resume=a.resume, quiet=a.quiet, storage=_storage(a))
+        sharding=_sharding_json(a.sharding), scheduler=a.scheduler, dask_workers=a.dask_workers,
+        overwrite=a.overwrite, resume=a.resume, quiet=a.quiet, storage=_storage(a))
 
 
 def _report(a, res, what: str) -> None:
@@ -265,6 +274,7 @@ def _add_mesh(sub) -> None:
     g.add_argument("--sharded", action="store_true", help="pack multires meshes into shard files")
     g = p.add_argument_group("run")
     g.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    _add_dask_args(g)
     g.add_argument("--overwrite", action="store_true", help="replace existing meshes")
     g.add_argument("--resume", action="store_true", help="finish an interrupted meshing run")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -280,7 +290,8 @@ def _cmd_mesh(a) -> int:
 
     t0 = time.perf_counter()
     res = mesh_layer(a.dataset, _mesh_options(a), storage=_storage(a), workers=a.workers,
-                     quiet=a.quiet, overwrite=a.overwrite, resume=a.resume)
+                     quiet=a.quiet, overwrite=a.overwrite, resume=a.resume, scheduler=a.scheduler,
+                     dask_workers=a.dask_workers)
     if not a.quiet:
         dust = f", {len(res.dust)} under --dust skipped" if res.dust else ""
         print(f"meshed {len(res.ids)} segments of {a.dataset}{dust} in {time.perf_counter() - t0:.1f} s",
@@ -369,6 +380,7 @@ def _add_reencode(sub) -> None:
         g.add_argument("--shard-hash", default="identity", choices=["identity", "murmurhash3_x86_128"])
         g = p.add_argument_group("run")
         g.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+        _add_dask_args(g)
         g.add_argument("--overwrite", action="store_true", help="replace an existing destination dataset")
         g.add_argument("--resume", action="store_true", help="finish an interrupted run")
         g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -387,7 +399,7 @@ def _cmd_reencode(a) -> int:
                            chunk_size=a.chunk_size, sharded=a.sharded,
                            shard_bytes=a.shard_size << 20 if a.shard_size else None, shard_hash=a.shard_hash,
                            workers=a.workers, quiet=a.quiet, overwrite=a.overwrite, resume=a.resume,
-                           storage=_storage(a))
+                           storage=_storage(a), scheduler=a.scheduler, dask_workers=a.dask_workers)
     res = reencode(a.source, a.dest, opts)
     if not a.quiet:
         for n in res.notes:

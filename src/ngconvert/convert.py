@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 
@@ -13,7 +16,7 @@ from .codecs import ENCODINGS, encoding_problem
 from .downsample import METHODS
 from .errors import UserError
 from .labels import load_table, resolve_ids
-from .executors import ThreadExecutor, context, make_executor
+from .executors import ExecutorScope, ThreadExecutor, context, make_executor
 from .geometry import Box, Vec
 from .plan import CHUNK_SCRATCH, DEFAULT_TASK_BYTES, PLAN_KEY, SCRATCH, Plan, done_key, plan_stages
 from .meshing import MeshOptions, clear_mesh_scratch, plan_meshes, run_mesh_plan
@@ -59,6 +62,8 @@ class ConvertOptions:
     workers: int | None = None
     task_bytes: int | None = None
     storage: StorageOptions | None = None     # how to reach s3:// and gs:// sources and destinations
+    scheduler: str | None = None              # a Dask scheduler address: run the tasks there
+    dask_workers: int | None = None           # a local Dask cluster of this many worker processes
     labels: object = None                     # label table: a path, {id: name | {...}}, or a LabelTable
     only: object = None                       # ids or names to keep ("17,53" or [17, "Left-Hippocampus"])
     exclude: object = None                    # ids or names to set to 0
@@ -358,8 +363,11 @@ def _run_shard(task):
                           plan.layer.gzip_level)
 
 
-def _executor_for(plan: Plan, store: Store, workers: int | None):
-    ex = make_executor(workers)
+def _executor_for(plan: Plan, store: Store, ex):
+    if getattr(ex, "is_dask", False):
+        if isinstance(store, MemoryStore):
+            raise UserError("an in-memory destination cannot be written by Dask workers; give a folder or URL")
+        return ex
     if ex.workers > 1 and (isinstance(store, MemoryStore) or
                            (plan.source.kind == "array" and "fork" not in mp.get_all_start_methods())):
         return ThreadExecutor(ex.workers)   # the data cannot be reached from another process
@@ -374,7 +382,7 @@ def _resume_plan(store: Store, ref: SourceRef) -> Plan:
             raise UserError(f"{store.url} is already complete; nothing to resume")
         raise UserError(f"{store.url} has no interrupted conversion to resume; run without --resume")
     plan = Plan.from_json(json.loads(blob))
-    if plan.source.origin != ref.origin and ref.kind != "array":
+    if plan.source.origin != ref.origin and ref.kind != "array" and plan.source.origin != "array":
         raise UserError(f"{store.url} was started from {plan.source.origin}, not {ref.origin}; "
                         "resume with the same source")
     plan.source = prepare(replace(ref, axes=plan.source.axes))
@@ -401,7 +409,7 @@ def _claim_destination(store: Store, opts: ConvertOptions) -> None:
         store.clear()
 
 
-def _new_plan(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> Plan:
+def _new_plan(ref: SourceRef, opts: ConvertOptions, notes: list[str], workers: int | None = None) -> Plan:
     prepared = prepare(ref)
     try:
         layer = resolve_layer(prepared, opts, notes)
@@ -409,15 +417,15 @@ def _new_plan(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> Plan:
     except BaseException:
         release(prepared)
         raise
-    workers = opts.workers or make_executor(None).workers
+    workers = workers or opts.workers or make_executor(None).workers
     src = open_source(prepared)
     stages = plan_stages(layer, workers, task_budget(opts, src), getattr(src, "whole_slices", False))
     return Plan(layer, prepared, src_dtype, stages)
 
 
-def _execute(plan: Plan, store: Store, opts: ConvertOptions, result: "ConvertResult") -> None:
+def _execute(plan: Plan, store: Store, opts: ConvertOptions, result: "ConvertResult", ex) -> None:
     """Run every unfinished task, stage by stage, then write the sidecar and ``info`` last."""
-    executor = _executor_for(plan, store, opts.workers)
+    executor = _executor_for(plan, store, ex)
     ctx = {"store": store, "plan": plan}
     total = sum(plan.task_count(s) for s in plan.stages)
     survey = plan.layer.segments is not None
@@ -468,12 +476,32 @@ def _execute(plan: Plan, store: Store, opts: ConvertOptions, result: "ConvertRes
     store.delete_prefix(SCRATCH + "/")
 
 
-def convert(source, dest, options: ConvertOptions | None = None, dry_run: bool = False) -> ConvertResult:
+def convert(source, dest, options: ConvertOptions | None = None, dry_run: bool = False,
+            executor=None) -> ConvertResult:
     """Convert ``source`` (a path or numpy array) into a precomputed layer at ``dest``.
 
     With ``dry_run`` the layer and plan are worked out and returned; nothing is written.
+    ``executor``: a ``dask.distributed.Client`` (or one of ours) to run the tasks on;
+    default: ``options.scheduler``/``options.dask_workers``, else the local cores.
     """
     opts = options or ConvertOptions()
+    if dry_run:
+        return _convert(source, dest, opts, True, make_executor(opts.workers))
+    with ExecutorScope(opts.workers, executor, opts.scheduler, opts.dask_workers, opts.quiet) as ex:
+        if getattr(ex, "is_dask", False) and isinstance(source, np.ndarray):
+            # workers in other processes read the array from a file (on this machine's disk)
+            tmp = tempfile.mkdtemp(prefix="ngconvert-array-")
+            try:
+                path = os.path.join(tmp, "array.npy")
+                np.save(path, source)
+                ref = SourceRef(kind="npy", path=path, origin="array", axes=opts.axes)
+                return _convert(ref, dest, opts, False, ex)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return _convert(source, dest, opts, False, ex)
+
+
+def _convert(source, dest, opts: ConvertOptions, dry_run: bool, ex) -> ConvertResult:
     t0 = time.perf_counter()
     # storage options are for whichever side is a URL (the source, the destination or both)
     store = open_store(dest, opts.storage if "://" in str(dest) and not str(dest).startswith("file://") else None)
@@ -486,7 +514,7 @@ def convert(source, dest, options: ConvertOptions | None = None, dry_run: bool =
     else:
         if not dry_run:
             _claim_destination(store, opts)
-        plan = _new_plan(ref, opts, notes)
+        plan = _new_plan(ref, opts, notes, ex.workers)
         if not opts.quiet:
             for note in notes:
                 print(f"ngconvert: {note}", file=sys.stderr)
@@ -498,7 +526,7 @@ def convert(source, dest, options: ConvertOptions | None = None, dry_run: bool =
 
     result = ConvertResult(store.url, plan.layer, plan, notes=notes)
     try:
-        _execute(plan, store, opts, result)
+        _execute(plan, store, opts, result, ex)
     finally:
         release(plan.source)
     if not opts.quiet:
@@ -514,11 +542,13 @@ def write_volume(array: np.ndarray, dest, resolution=(1.0, 1.0, 1.0), layer_type
 
     ``array`` is indexed ``[x, y, z]`` or ``[x, y, z, c]`` by default; pass ``axes="zyx"``
     (or ``"czyx"``, ...) for other orders.  ``resolution`` is the voxel size in ``units``.
-    Other keyword arguments are :class:`ConvertOptions` fields.
+    Other keyword arguments are :class:`ConvertOptions` fields, and ``executor`` (a
+    ``dask.distributed.Client``).
     """
+    executor = options.pop("executor", None)
     opts = ConvertOptions(layer_type=layer_type, resolution=tuple(resolution), units=units, axes=axes,
                           quiet=options.pop("quiet", True), **options)
-    return convert(array, dest, opts)
+    return convert(array, dest, opts, executor=executor)
 
 
 def write_segmentation(array: np.ndarray, dest, labels=None, resolution=(1.0, 1.0, 1.0), offset=(0, 0, 0),

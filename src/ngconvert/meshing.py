@@ -25,7 +25,7 @@ import numpy as np
 
 from .codecs import gzip_compress
 from .errors import UserError
-from .executors import context, make_executor
+from .executors import ExecutorScope, context, make_executor
 from .geometry import Box, ChunkGrid
 from .mesh_formats import legacy_fragment, legacy_manifest, mesh_info, multires_segment
 from .mesh_geometry import Mesh, compact, concat, weld
@@ -437,7 +437,8 @@ MESH_PLAN_KEY = ".ngconvert/mesh-plan.json"
 
 
 def mesh_layer(dest, options: MeshOptions | None = None, *, storage=None, workers: int | None = None,
-               quiet: bool = True, overwrite: bool = False, resume: bool = False) -> MeshResult:
+               quiet: bool = True, overwrite: bool = False, resume: bool = False, executor=None,
+               scheduler: str | None = None, dask_workers: int | None = None) -> MeshResult:
     """Add meshes to an existing segmentation layer (``ngconvert mesh``).
 
     The layer's ``info`` gains ``"mesh": <directory>`` once every mesh is written; an
@@ -457,6 +458,7 @@ def mesh_layer(dest, options: MeshOptions | None = None, *, storage=None, worker
         if saved is None:
             raise UserError(f"{store.url} has no interrupted meshing to resume; run without --resume")
         plan = MeshPlan.from_json(json.loads(saved))
+        existing: list[str] = []
     else:
         old = info.get("mesh")
         existing = [d for d in {old, options.directory} if d and not store.is_empty_prefix(d + "/")]
@@ -466,12 +468,19 @@ def mesh_layer(dest, options: MeshOptions | None = None, *, storage=None, worker
         if existing and not overwrite:
             raise UserError(f"{store.url} already has meshes in {existing[0]}/; pass --overwrite to replace them")
         info.pop("mesh", None)
-        plan = plan_meshes(info, options, workers or make_executor(workers).workers)
+        plan = None
+    with ExecutorScope(workers, executor, scheduler, dask_workers, quiet) as ex:
+        return _mesh_layer(store, info, options, plan, existing, ex, quiet, resume)
+
+
+def _mesh_layer(store, info, options, plan, existing, ex, quiet, resume) -> MeshResult:
+    if plan is None:
+        plan = plan_meshes(info, options, ex.workers)
         for d in existing:
             store.delete_prefix(d + "/")
         clear_mesh_scratch(store)
         store.put(MESH_PLAN_KEY, dumps(plan.to_json()), content_type="application/json")
-    result = run_mesh_plan(store, plan, workers, quiet, resume)
+    result = run_mesh_plan(store, plan, None, quiet, resume, executor=ex)
     info = dict(plan.info)
     info["mesh"] = plan.options.directory
     store.put("info", dumps(info), content_type="application/json")

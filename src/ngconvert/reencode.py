@@ -18,7 +18,7 @@ import numpy as np
 
 from .codecs import ENCODINGS, EncodingOptions, encode_chunk, encoding_problem, gzip_compress
 from .errors import UserError
-from .executors import context, make_executor
+from .executors import ExecutorScope, context
 from .geometry import Box, ChunkGrid, chunk_key
 from .plan import CHUNK_SCRATCH, SCRATCH
 from .progress import Progress
@@ -51,6 +51,8 @@ class ReencodeOptions:
     overwrite: bool = False
     resume: bool = False
     storage: StorageOptions | None = None
+    scheduler: str | None = None           # a Dask scheduler address
+    dask_workers: int | None = None        # a local Dask cluster of this many processes
 
 
 @dataclass
@@ -268,11 +270,17 @@ def _sidecars(src: Store, info: dict) -> list[str]:
     return sorted(out)
 
 
-def reencode(source, dest, opts: ReencodeOptions | None = None) -> ReencodeResult:
-    """Write the dataset at ``source`` to ``dest`` with the changes in ``opts``."""
+def reencode(source, dest, opts: ReencodeOptions | None = None, executor=None) -> ReencodeResult:
+    """Write the dataset at ``source`` to ``dest`` with the changes in ``opts``; ``executor``
+    may be a ``dask.distributed.Client``."""
+    opts = opts or ReencodeOptions()
+    with ExecutorScope(opts.workers, executor, opts.scheduler, opts.dask_workers, opts.quiet) as ex:
+        return _reencode(source, dest, opts, ex)
+
+
+def _reencode(source, dest, opts: ReencodeOptions, ex) -> ReencodeResult:
     from .transfer import copy_dataset
 
-    opts = opts or ReencodeOptions()
     t0 = time.perf_counter()
     if opts.encoding is not None and opts.encoding not in ENCODINGS:
         raise UserError(f"--encoding {opts.encoding}: choose one of {', '.join(ENCODINGS)}")
@@ -310,8 +318,8 @@ def reencode(source, dest, opts: ReencodeOptions | None = None) -> ReencodeResul
         dst_info = new_info(src_info, opts)
         dst.put(PLAN_KEY, dumps(dst_info), content_type="application/json")
 
-    ex = make_executor(opts.workers)
-    if ex.workers > 1 and (isinstance(src, MemoryStore) or isinstance(dst, MemoryStore)):
+    if ex.workers > 1 and not getattr(ex, "is_dask", False) and (
+            isinstance(src, MemoryStore) or isinstance(dst, MemoryStore)):
         from .executors import ThreadExecutor
 
         ex = ThreadExecutor(ex.workers)
