@@ -152,9 +152,12 @@ class FlakyProxy:
     """
 
     def __init__(self, upstream_port: int, fail_when: Callable[[int], bool], status: int = 503,
-                 code: str = "SlowDown", message: str = "Please reduce your request rate."):
+                 code: str = "SlowDown", message: str = "Please reduce your request rate.",
+                 drop_when: Callable[[int], bool] | None = None):
         self.upstream_port = upstream_port
         self.fail_when = fail_when
+        self.drop_when = drop_when          # these requests lose their connection instead
+        self.dropped = 0
         self.failed = 0
         self.status, self.code, self.message = status, code, message
         self.seen = 0
@@ -176,9 +179,12 @@ class FlakyProxy:
         self.server.server_close()
         self.thread.join()
 
-    def _should_fail(self) -> bool:
+    def _should_fail(self) -> bool | str:
         with self.lock:
             self.seen += 1
+            if self.drop_when is not None and self.drop_when(self.seen):
+                self.dropped += 1
+                return "drop"
             fail = self.fail_when(self.seen)
             self.failed += fail
             return fail
@@ -198,13 +204,14 @@ class FlakyProxy:
 
             def _answer(self) -> None:
                 body = self._body()
-                if proxy._should_fail():
-                    self._fail()
+                verdict = proxy._should_fail()
+                if verdict:
+                    self._fail(drop=verdict == "drop")
                 else:
                     self._forward(body)
 
-            def _fail(self) -> None:
-                if proxy.status == 0:       # drop the connection: a reset to the client
+            def _fail(self, drop: bool = False) -> None:
+                if proxy.status == 0 or drop:       # drop the connection: a reset to the client
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
@@ -246,6 +253,20 @@ def first(n: int) -> Callable[[int], bool]:
 def always(i: int) -> bool:
     """Fail every request."""
     return True
+
+
+def fraction(p: float, seed: int) -> Callable[[int], bool]:
+    """Fail a pseudo-random fraction ``p`` of requests (the same ones for the same seed)."""
+    import random
+
+    rng = random.Random(seed)
+    draws: dict[int, bool] = {}
+
+    def decide(i: int) -> bool:
+        while len(draws) < i:
+            draws[len(draws) + 1] = rng.random() < p
+        return draws[i]
+    return decide
 
 
 def every(k: int) -> Callable[[int], bool]:

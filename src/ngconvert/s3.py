@@ -173,6 +173,12 @@ def is_transient(e: BaseException) -> bool:
         return _status(e) in _TRANSIENT_STATUS or _code(e) in _TRANSIENT_CODES
     if isinstance(e, SSLError):
         return False
+    if type(e).__name__ == "S3UploadFailedError":     # upload_file wraps the error it met as text
+        cause = e.__cause__ or e.__context__
+        if cause is not None and cause is not e:
+            return is_transient(cause)
+        text = str(e)
+        return any(c in text for c in _TRANSIENT_CODES) or any(f"({s})" in text for s in map(str, _TRANSIENT_STATUS))
     return isinstance(e, (ConnectionError, HTTPClientError, IncompleteReadError))
 
 
