@@ -114,6 +114,27 @@ def test_local_dask_cluster_from_the_command_line(tmp_path):
 # ---------------------------------------------------------------- crashes and failing tasks
 
 
+def child_pids(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
 KILL_ARGS = ["--type", "image", "--chunk-size", "16,16,16", "--task-memory", "1", "--workers", "2",
              "--gzip-level", "9", "--sharded", "--shard-size", "1", "--quiet"]
 
@@ -149,9 +170,15 @@ def test_sigkill_at_several_points_then_resume(tmp_path, clean_run, when):
     while time.time() < deadline and not reached():
         time.sleep(0.002)
     assert reached(), "the run finished before the kill point"
+    children = child_pids(proc.pid)
+    assert children, "the run should have started pool workers"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(0.2)                                 # orphaned pool workers notice their parent died
+    deadline = time.time() + 10                    # the pool's workers die with the run
+    while time.time() < deadline and [c for c in children if running(c)]:
+        time.sleep(0.05)
+    alive = [c for c in children if running(c)]
+    assert not alive, f"worker processes {alive} outlived the killed run"
     assert not (dest / "info").exists()
     run("convert", root / "v.npy", dest, *KILL_ARGS, "--resume", check=0)
     assert files(dest) == clean

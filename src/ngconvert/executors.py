@@ -156,6 +156,27 @@ class _PoolExecutor:
         pass
 
 
+def _die_with_parent() -> None:
+    """Linux: ask the kernel to kill this worker when the process that started it dies, so a
+    ``kill -9`` of a run leaves no orphaned workers behind."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass                      # not Linux: workers end when their pipe to the parent closes
+
+
+def _worker_init(context: dict, parent: int) -> None:
+    _die_with_parent()
+    if os.getppid() != parent:    # the parent died before the request was made
+        os._exit(1)
+    _install(context)
+
+
 class ProcessExecutor(_PoolExecutor):
     """A pool of local worker processes (fork where the platform has it)."""
 
@@ -165,7 +186,7 @@ class ProcessExecutor(_PoolExecutor):
     def _pool(self, context):
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
         return ProcessPoolExecutor(self.workers, mp_context=mp.get_context(method),
-                                   initializer=_install, initargs=(context,))
+                                   initializer=_worker_init, initargs=(context, os.getpid()))
 
 
 class ThreadExecutor(_PoolExecutor):
