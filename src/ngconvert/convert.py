@@ -427,10 +427,19 @@ def _execute(plan: Plan, store: Store, opts: ConvertOptions, result: "ConvertRes
     """Run every unfinished task, stage by stage, then write the sidecar and ``info`` last."""
     executor = _executor_for(plan, store, ex)
     ctx = {"store": store, "plan": plan}
-    total = sum(plan.task_count(s) for s in plan.stages)
     survey = plan.layer.segments is not None
     seen: list[np.ndarray] = []
-    with Progress(total, "converting", quiet=opts.quiet) as bar:
+    shard_tasks = (plan_shard_tasks(plan.scales(), plan.layer.chunk_size, plan.layer.sharding)
+                   if plan.layer.sharding is not None else [])
+    mesh_plan = None
+    if plan.layer.mesh is not None:
+        info = plan.layer.info()
+        info.pop("mesh")
+        mesh_plan = plan_meshes(info, MeshOptions.from_json(plan.layer.mesh), executor.workers)
+    # one bar across the whole plan: pyramid stages, shards, meshes
+    total = sum(plan.task_count(s) for s in plan.stages) + len(shard_tasks)
+    total += mesh_plan.task_count() if mesh_plan is not None else 0
+    with Progress(total, "pyramid", quiet=opts.quiet) as bar:
         for stage in plan.stages:
             todo = []
             for task in plan.tasks(stage):
@@ -447,25 +456,23 @@ def _execute(plan: Plan, store: Store, opts: ConvertOptions, result: "ConvertRes
                 if res.labels is not None:
                     seen.append(res.labels)
                 bar.update(1, res.bytes_written)
-    if plan.layer.sharding is not None:
-        shard_tasks = plan_shard_tasks(plan.scales(), plan.layer.chunk_size, plan.layer.sharding)
-        todo = [t for t in shard_tasks if not (opts.resume and store.exists(shard_done_key(t)))]
-        with Progress(len(shard_tasks), "writing shards", quiet=opts.quiet) as bar:
+        if shard_tasks:
+            bar.phase("shards")
+            todo = [t for t in shard_tasks if not (opts.resume and store.exists(shard_done_key(t)))]
             bar.update(len(shard_tasks) - len(todo))
             for _task, _n in executor.run(_run_shard, todo, ctx):
                 bar.update(1)
-        store.delete_prefix(CHUNK_SCRATCH + "/")
-    if plan.layer.mesh is not None:
-        info = plan.layer.info()
-        info.pop("mesh")
-        mesh_plan = plan_meshes(info, MeshOptions.from_json(plan.layer.mesh), executor.workers)
-        if not opts.resume:
+            store.delete_prefix(CHUNK_SCRATCH + "/")
+        if mesh_plan is not None:
+            bar.phase("meshes")
+            if not opts.resume:
+                clear_mesh_scratch(store)
+            meshed = run_mesh_plan(store, mesh_plan, opts.workers, opts.quiet, opts.resume, executor=executor,
+                                   bar=bar)
+            result.meshes = len(meshed.ids)
+            if meshed.dust:
+                result.warnings.append(f"{len(meshed.dust)} segment(s) under the dust threshold were not meshed")
             clear_mesh_scratch(store)
-        meshed = run_mesh_plan(store, mesh_plan, opts.workers, opts.quiet, opts.resume, executor=executor)
-        result.meshes = len(meshed.ids)
-        if meshed.dust:
-            result.warnings.append(f"{len(meshed.dust)} segment(s) under the dust threshold were not meshed")
-        clear_mesh_scratch(store)
     if plan.layer.transform is not None:
         store.put("transform.json", dumps(plan.layer.transform), content_type="application/json")
     if survey:

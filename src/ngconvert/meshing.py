@@ -20,6 +20,7 @@ import itertools
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -79,6 +80,15 @@ class MeshOptions:
             raise UserError(f"--mesh-dir {self.directory!r}: give a plain folder name such as mesh")
 
 
+class MeshRegion(NamedTuple):
+    index: int
+    box: Box
+
+    @property
+    def name(self) -> str:
+        return f"mesh region {self.index} ({self.box.start}-{self.box.stop})"
+
+
 @dataclass
 class MeshPlan:
     options: MeshOptions
@@ -102,10 +112,13 @@ class MeshPlan:
             self._grid = ChunkGrid(self.bounds, (self.options.region,) * 3)
         return self._grid
 
+    def task_count(self) -> int:
+        return self.grid().count + self.batches
+
     def regions(self):
         g = self.grid()
         for n, (k, j, i) in enumerate(itertools.product(*(range(s) for s in reversed(g.shape)))):
-            yield n, g.cell((i, j, k))
+            yield MeshRegion(n, g.cell((i, j, k)))
 
     def to_json(self) -> dict:
         return {"options": self.options.to_json(), "info": self.info, "batches": self.batches,
@@ -315,20 +328,23 @@ class MeshResult:
 
 
 def run_mesh_plan(store: Store, plan: MeshPlan, workers: int | None, quiet: bool, resume: bool,
-                  executor=None) -> MeshResult:
-    """Both stages, skipping tasks an interrupted run finished; writes ``<dir>/info``."""
+                  executor=None, bar: Progress | None = None) -> MeshResult:
+    """Both stages, skipping tasks an interrupted run finished; writes ``<dir>/info``.
+    ``bar``: a progress bar already counting these tasks (else one is made)."""
     executor = executor or make_executor(workers)
     ctx = {"store": store, "mesh_plan": plan}
     regions = list(plan.regions())
     result = MeshResult()
-    total = len(regions) + plan.batches
-    with Progress(total, "meshing", quiet=quiet) as bar:
+    own = bar is None
+    if own:
+        bar = Progress(plan.task_count(), "meshing", quiet=quiet)
+    try:
         todo = []
-        for n, box in regions:
-            if resume and store.exists(_done("regions", n)):
+        for region in regions:
+            if resume and store.exists(_done("regions", region.index)):
                 bar.update(1)
             else:
-                todo.append((n, box))
+                todo.append(region)
         for (n, _box), _count in executor.run(_run_region, todo, ctx):
             store.put(_done("regions", n), b"")
             bar.update(1)
@@ -347,11 +363,14 @@ def run_mesh_plan(store: Store, plan: MeshPlan, workers: int | None, quiet: bool
             result.ids += ids
             result.dust += dust
             bar.update(1)
-    result.ids.sort()
-    result.dust.sort()
-    sharding = None
-    if plan.options.sharded:
-        sharding = write_mesh_shards(store, plan.options.directory, result.ids, executor, quiet, resume)
+        result.ids.sort()
+        result.dust.sort()
+        sharding = None
+        if plan.options.sharded:
+            sharding = write_mesh_shards(store, plan.options.directory, result.ids, executor, resume, bar)
+    finally:
+        if own:
+            bar.close()
     sp = "../segment_properties" if "segment_properties" in plan.info else None
     store.put(f"{plan.options.directory}/info", dumps(mesh_info(plan.options.format, sp,
                                                                  plan.options.quantization_bits, sharding)),
@@ -401,7 +420,7 @@ def write_one_mesh_shard(store, directory: str, spec_json: dict, shard: int, ite
     return n
 
 
-def write_mesh_shards(store: Store, directory: str, ids: list[int], executor, quiet: bool, resume: bool) -> dict:
+def write_mesh_shards(store: Store, directory: str, ids: list[int], executor, resume: bool, bar: Progress) -> dict:
     """Pack the segments waiting in the scratch area into shards; returns the spec."""
     from .sharding import ShardSpec
 
@@ -419,10 +438,10 @@ def write_mesh_shards(store: Store, directory: str, ids: list[int], executor, qu
     todo = [(sh, tuple(sorted(items))) for sh, items in sorted(groups.items())
             if not (resume and store.exists(_done("shards", sh)))]
     ctx = {"store": store, "mesh_dir": directory, "mesh_spec": spec.to_json()}
-    with Progress(len(groups), "writing mesh shards", quiet=quiet) as bar:
-        bar.update(len(groups) - len(todo))
-        for _item, _n in executor.run(_run_mesh_shard, todo, ctx):
-            bar.update(1)
+    bar.grow(len(groups))
+    bar.update(len(groups) - len(todo))
+    for _item, _n in executor.run(_run_mesh_shard, todo, ctx):
+        bar.update(1)
     store.delete_prefix(SHARD_OUT + "/")
     return spec.to_json()
 

@@ -21,6 +21,16 @@ class Progress:
                             ncols=size.columns or 80, nrows=size.lines or 24)
         self.bytes = 0
 
+    def grow(self, n: int) -> None:
+        """More tasks joined the plan (counted only once they are known)."""
+        if self.bar is not None and n:
+            self.bar.total += n
+            self.bar.refresh()
+
+    def phase(self, desc: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(desc, refresh=True)
+
     def update(self, n: int = 1, nbytes: int = 0) -> None:
         self.bytes += nbytes
         if self.bar is not None:
@@ -47,6 +57,16 @@ class TransferBar:
 
     def start(self, total_objects: int, total_bytes: int) -> None:
         self.progress = Progress(total_objects, self.desc, quiet=self.quiet)
+
+    def grow(self, n: int) -> None:
+        """More tasks joined the plan (counted only once they are known)."""
+        if self.bar is not None and n:
+            self.bar.total += n
+            self.bar.refresh()
+
+    def phase(self, desc: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(desc, refresh=True)
 
     def update(self, n: int = 1, nbytes: int = 0) -> None:
         if self.progress is not None:

@@ -146,6 +146,10 @@ class BlockTask:
     index: int
     box: Box
 
+    @property
+    def name(self) -> str:
+        return f"scale {self.scale} block {self.index} ({self.box.start}-{self.box.stop})"
+
 
 def plan_blocks(info: dict, task_bytes: int = TASK_BYTES) -> list[BlockTask]:
     """Blocks of destination chunks per scale, each within ``task_bytes`` of voxels."""
@@ -325,21 +329,19 @@ def _reencode(source, dest, opts: ReencodeOptions, ex) -> ReencodeResult:
         ex = ThreadExecutor(ex.workers)
     ctx = {"src": src, "dst": dst, "src_info": src_info, "dst_info": dst_info, "opts": opts}
     blocks = plan_blocks(dst_info)
-    todo = [t for t in blocks if not (opts.resume and dst.exists(_done_key(t)))]
-    with Progress(len(blocks), "re-encoding", quiet=opts.quiet) as bar:
+    shard_tasks = []
+    for sc, s in zip(_scales(dst_info), dst_info["scales"]):
+        if "sharding" in s:
+            shard_tasks += plan_shard_tasks([sc], tuple(s["chunk_sizes"][0]), [s["sharding"]])
+    with Progress(len(blocks) + len(shard_tasks), "re-encoding", quiet=opts.quiet) as bar:
+        todo = [t for t in blocks if not (opts.resume and dst.exists(_done_key(t)))]
         bar.update(len(blocks) - len(todo))
         for _t, n in ex.run(_run_block, todo, ctx):
             result.chunks += n
             bar.update(1)
-    sharded = [s for s in dst_info["scales"] if "sharding" in s]
-    if sharded:
-        shard_tasks = []
-        for sc, s in zip(_scales(dst_info), dst_info["scales"]):
-            if "sharding" in s:
-                for t in plan_shard_tasks([sc], tuple(s["chunk_sizes"][0]), [s["sharding"]]):
-                    shard_tasks.append(t)
-        todo = [t for t in shard_tasks if not (opts.resume and dst.exists(shard_done_key(t)))]
-        with Progress(len(shard_tasks), "writing shards", quiet=opts.quiet) as bar:
+        if shard_tasks:
+            bar.phase("shards")
+            todo = [t for t in shard_tasks if not (opts.resume and dst.exists(shard_done_key(t)))]
             bar.update(len(shard_tasks) - len(todo))
             for _t, _n in ex.run(_run_shard, todo, ctx):
                 bar.update(1)
