@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 from urllib.parse import unquote
 
 import numpy as np

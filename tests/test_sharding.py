@@ -20,10 +20,9 @@ import pytest
 
 import ngconvert
 from checks import check_dataset
-from conftest import label_volume, read_cloudvolume, read_info, read_tensorstore, smooth_volume
+from conftest import label_volume, read_cloudvolume, read_info, smooth_volume
 from ngconvert.meshing import MeshOptions
 from ngconvert.sharding import ShardSpec, compressed_morton
-from ngconvert.store import StorageOptions
 
 pytest_plugins = ("s3server",)
 

@@ -6,7 +6,6 @@ segment colours at known places, and meshes drawn in the 3-D panel."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -23,7 +23,7 @@ from .geometry import Box, ChunkGrid, chunk_key
 from .plan import CHUNK_SCRATCH, SCRATCH
 from .progress import Progress
 from .shard_tasks import plan_shard_tasks, run_shard_task, shard_done_key
-from .sharding import TARGET_SHARD_BYTES, ShardSpec, choose_spec
+from .sharding import TARGET_SHARD_BYTES, choose_spec
 from .spec import Scale, dumps
 from .store import MemoryStore, Store, StorageOptions, content_type_for, open_store
 from .volume_reader import PrecomputedVolume
