@@ -249,3 +249,16 @@ def test_conversion_through_a_flaky_s3_server(tmp_path, moto_server, bucket):
     clean, flaky = objects("clean"), objects("flaky")
     assert sorted(clean) == sorted(flaky) and clean == flaky
     assert not any(k.startswith(".ngconvert") for k in flaky)
+
+
+def test_mesh_and_reencode_on_dask_equal_serial(tmp_path, client):
+    a = label_volume((80, 64, 48))
+    ngconvert.write_segmentation(a, tmp_path / "seg", chunk_size=(16, 16, 16))
+    for name, ex in (("serial", None), ("dask", client)):
+        kw = dict(workers=1) if ex is None else dict(executor=ex)
+        ngconvert.reencode(tmp_path / "seg", tmp_path / f"re-{name}",
+                           ngconvert.ReencodeOptions(sharded=True, shard_bytes=16 << 10, encoding="raw",
+                                                     quiet=True, workers=kw.get("workers")), executor=ex)
+        ngconvert.mesh_layer(tmp_path / f"re-{name}", ngconvert.MeshOptions(format="multires", region=24), **kw)
+    assert files(tmp_path / "re-dask") == files(tmp_path / "re-serial")
+    assert any(k.startswith("mesh/") for k in files(tmp_path / "re-dask"))
