@@ -117,7 +117,7 @@ def test_the_viewer_shows_data_hosted_by_nginx(nginx):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         page = browser.new_page(viewport={"width": 800, "height": 800})
         shot, rect = render(page, state_url(state, client_server.url + CLIENT_PATH))
-        st3 = build_state(ds, layout="3d", segments=[3, 7, 12, 100])     # no label table: name the ids
+        st3 = build_state(ds, layout="3d")          # no label table: the ids with meshes are listed
         st3["layers"] = st3["layers"][1:]
         mesh_shot, _ = render(page, state_url(st3, client_server.url + CLIENT_PATH))
         browser.close()
@@ -125,5 +125,6 @@ def test_the_viewer_shows_data_hosted_by_nginx(nginx):
         for j in range(4):
             rgb = pixel_at(shot, rect, (16 * i + 8, 16 * j + 8), state)
             assert np.all(np.abs(rgb - int(image[16 * i + 8, 16 * j + 8, 0])) <= 3), ((i, j), rgb)
+    assert st3["layers"][0]["segments"] == ["3", "7", "12", "100"]
     lit = (mesh_shot[60:-40, 60:].max(axis=2) > 60).sum()
     assert lit > 5000                                # sharded meshes drawn in the 3-D panel

@@ -68,10 +68,48 @@ def load_dataset(store: Store, name: str, source: str, read_range: bool = True) 
             if props:
                 ids |= {int(i) for i in props.get("inline", {}).get("ids", [])}
         ids |= {int(i) for i in ds.colors}
+        if not ids and isinstance(info.get("mesh"), str):
+            ids = mesh_ids(store, info["mesh"].strip("/"))
         ds.segment_ids = sorted(ids - {0})
     elif read_range:
         ds.value_range = _value_range(store, info)
     return ds
+
+
+MAX_LISTED = 5000
+
+
+def mesh_ids(store: Store, directory: str, limit: int = MAX_LISTED) -> set[int]:
+    """Segment ids that have meshes (legacy manifests, multires manifests or shard indexes),
+    so that a segmentation without segment properties still shows its meshes."""
+    import re
+
+    from .sharding import ShardedReader, ShardSpec
+
+    out: set[int] = set()
+    minfo = _json(store, f"{directory}/info") or {}
+    prefix = directory + "/"
+    if "sharding" in minfo:
+        spec = ShardSpec.from_json(minfo["sharding"])
+        reader = ShardedReader(store, directory, spec)
+        for key, _size in store.list(prefix):
+            m = re.fullmatch(r"([0-9a-f]+)\.shard", key[len(prefix):])
+            if m:
+                for mini in range(1 << spec.minishard_bits):
+                    try:
+                        out |= set(reader.minishard(int(m.group(1), 16), mini))
+                    except ValueError:
+                        continue
+                    if len(out) >= limit:
+                        return out
+        return out
+    for key, _size in store.list(prefix):
+        m = re.fullmatch(r"(\d+)(?::0|\.index)", key[len(prefix):])
+        if m:
+            out.add(int(m.group(1)))
+            if len(out) >= limit:
+                break
+    return out
 
 
 def _value_range(store: Store, info: dict) -> tuple[float, float] | None:
