@@ -218,3 +218,24 @@ def test_interrupted_meshing_resumes_to_the_same_bytes(tmp_path):
     mesh_layer(tmp_path / "broken", workers=1, resume=True)
     files = lambda root: {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
     assert files(tmp_path / "broken") == files(tmp_path / "clean")
+
+
+def test_multires_node_holding_only_sub_quantum_geometry():
+    """A node whose triangles all collapse at 10-bit precision gets an empty fragment (Draco
+    refuses a mesh of degenerate triangles)."""
+    from ngconvert.mesh_formats import collapse_quantized, multires_segment, parse_multires_manifest
+    from ngconvert.mesh_geometry import concat
+
+    g = np.meshgrid(*(np.arange(40) for _ in range(3)), indexing="ij", sparse=True)
+    import zmesh
+
+    m = zmesh.Mesher((1, 1, 1))
+    m.mesh(((g[0] - 20) ** 2 + (g[1] - 20) ** 2 + (g[2] - 20) ** 2 < 15 ** 2).astype(np.uint32))
+    sphere = m.get(1, normals=False)
+    speck = (np.array([[200.0, 200, 200], [200.001, 200, 200], [200, 200.001, 200]]), np.array([[0, 1, 2]]))
+    mesh = concat([(np.asarray(sphere.vertices, float), np.asarray(sphere.faces)), speck])
+    seg = multires_segment([mesh], voxel_nm=1.0, bits=10, lods=3)
+    parsed = parse_multires_manifest(seg.manifest)
+    assert any((s == 0).any() for s in parsed["sizes"])           # the speck's node is empty
+    q, f = collapse_quantized(np.array([[1, 1, 1], [1, 1, 1], [2, 1, 1], [1, 2, 1]]), np.array([[0, 1, 2], [0, 2, 3]]))
+    assert len(q) == 3 and q[f].tolist() == [[[1, 1, 1], [2, 1, 1], [1, 2, 1]]]     # same triangle, same winding

@@ -89,6 +89,19 @@ def draco_fragment(q: np.ndarray, f: np.ndarray, bits: int) -> bytes:
                                 quantization_origin=np.zeros(3), preserve_order=False))
 
 
+def collapse_quantized(q: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge vertices that quantise to the same point and drop the triangles that collapse
+    (Draco refuses a mesh whose triangles are all degenerate)."""
+    uniq, inverse = np.unique(q, axis=0, return_inverse=True)
+    f = inverse.reshape(-1)[np.asarray(f, np.int64)]
+    keep = (f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])
+    f = f[keep]
+    if len(f) == 0:
+        return uniq[:0], f
+    used, remap = np.unique(f.reshape(-1), return_inverse=True)
+    return uniq[used], remap.reshape(-1, 3)
+
+
 @dataclass
 class MultiresSegment:
     manifest: bytes
@@ -151,6 +164,10 @@ def multires_segment(levels: list[Mesh], voxel_nm: float, bits: int = 10, lods: 
                 continue
             start = origin + p * node
             q = np.clip(np.floor((v - start) / node * top + 0.5), 0, top)
+            q, f = collapse_quantized(q, f)
+            if len(f) == 0:                # everything in this node is smaller than one step
+                sizes.append(0)
+                continue
             blob = draco_fragment(q, f, bits)
             blobs.append(blob)
             sizes.append(len(blob))

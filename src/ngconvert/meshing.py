@@ -80,6 +80,14 @@ class MeshOptions:
             raise UserError(f"--mesh-dir {self.directory!r}: give a plain folder name such as mesh")
 
 
+class MeshBatch(NamedTuple):
+    index: int
+
+    @property
+    def name(self) -> str:
+        return f"mesh batch {self.index}"
+
+
 class MeshRegion(NamedTuple):
     index: int
     box: Box
@@ -312,9 +320,9 @@ def _run_region(item):
     return run_region(ctx["store"], ctx["mesh_plan"], index, box)
 
 
-def _run_batch(batch):
+def _run_batch(batch: MeshBatch):
     ctx = context()
-    return run_batch(ctx["store"], ctx["mesh_plan"], batch)
+    return run_batch(ctx["store"], ctx["mesh_plan"], batch.index)
 
 
 def _done(stage: str, n: int) -> str:
@@ -357,9 +365,9 @@ def run_mesh_plan(store: Store, plan: MeshPlan, workers: int | None, quiet: bool
                 result.dust += done["dust"]
                 bar.update(1)
             else:
-                todo.append(b)
-        for b, (ids, dust) in executor.run(_run_batch, todo, ctx):
-            store.put(_done("segments", b), json.dumps({"ids": ids, "dust": dust}).encode())
+                todo.append(MeshBatch(b))
+        for batch, (ids, dust) in executor.run(_run_batch, todo, ctx):
+            store.put(_done("segments", batch.index), json.dumps({"ids": ids, "dust": dust}).encode())
             result.ids += ids
             result.dust += dust
             bar.update(1)
