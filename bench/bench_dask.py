@@ -35,13 +35,14 @@ def files(root: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--input", type=Path, help="convert this NIfTI instead of a synthetic one")
     ap.add_argument("--repeat", type=int, default=1, help="runs per row (the fastest is shown)")
     ap.add_argument("--work", type=Path, default=HERE / "work" / "dask")
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    src = work / f"brain{args.size}.nii"
+    src = args.input or work / f"brain{args.size}.nii"
     if not src.exists():
         run_measured([sys.executable, str(HERE / "synth_volume.py"), str(src), "--size", str(args.size)],
                      work / "synth.log")
@@ -66,7 +67,7 @@ def main() -> None:
         rows.append([name, f"{best.wall:.2f}", f"{mb / best.wall:.0f}", f"{best.peak_rss / 2 ** 20:.0f}",
                      str(st.files), "yes" if got == reference and best.returncode == 0 else "NO"])
     cols = ["executor", "wall s", "MB/s in", "peak RSS MiB", "files", "same bytes as serial"]
-    print(f"{args.size}^3 uint8 NIfTI ({mb:.0f} MB) -> full raw+gzip pyramid, {os.cpu_count()} cores")
+    print(f"{src.name} ({mb:.0f} MB) -> full raw+gzip pyramid, {os.cpu_count()} cores")
     table = format_table(cols, rows)
     print(table)
     if args.markdown:
