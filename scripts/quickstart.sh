@@ -13,3 +13,6 @@ ngconvert assemble data/structures out/phantom_assembled --origins data/structur
     --labels data/phantom_labels.csv --resolution 1,1,1 --units mm --overwrite
 ngconvert stats out/phantom
 ngconvert stats out/phantom_labels
+ngconvert check out/phantom_labels
+echo "look at them in the viewer (served locally, no internet needed):"
+echo "  ngconvert view out/phantom out/phantom_labels"
