@@ -52,6 +52,23 @@ def test_compressed_segmentation_widens_small_label_types(tmp, dtype):
     check_dataset(tmp / "v", a.astype(np.uint32), "tensorstore", "mode")
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "uint64"])
+@pytest.mark.parametrize("sharded", [False, True])
+def test_compresso_segmentation(tmp, dtype, sharded):
+    """compresso is read by cloud-volume (tensorstore does not read it)."""
+    a = label_volume(ODD, dtype)
+    if dtype == "uint64":
+        a[a == 100] = np.uint64(2**40 + 5)
+    extra = dict(sharded=True, shard_bytes=32 << 10) if sharded else {}
+    ngconvert.write_volume(a, tmp / "v", layer_type="segmentation", encoding="compresso", chunk_size=(32, 32, 16),
+                           voxel_offset=(4, -3, 2), **extra)
+    info = read_info(tmp / "v")
+    assert info["scales"][0]["encoding"] == "compresso" and info["data_type"] == dtype
+    check_dataset(tmp / "v", a, "cloudvolume", "mode", offset=(4, -3, 2))
+    files = [f for f in (tmp / "v").rglob("*") if f.is_file() and f.name != "info"]
+    assert not any(f.suffix == ".gz" for f in files)               # compresso is not gzipped again
+
+
 def test_compressed_segmentation_two_channels(tmp):
     a = np.stack([label_volume(ODD, np.uint32, seed=1), label_volume(ODD, np.uint32, seed=2)], axis=-1)
     ngconvert.write_volume(a, tmp / "v", layer_type="image", encoding="compressed_segmentation",

@@ -110,7 +110,7 @@ def check_volume_info(info: dict, r: Report) -> bool:
         if enc not in KNOWN_ENCODINGS:
             r.add(where, f"encoding {enc!r} is not one of {', '.join(KNOWN_ENCODINGS)}")
             ok = False
-        elif dtype in DATA_TYPES and isinstance(channels, int) and enc != "compresso":
+        elif dtype in DATA_TYPES and isinstance(channels, int):
             problem = encoding_problem(enc, dtype, channels)
             if problem:
                 r.add(where, problem)
@@ -199,8 +199,6 @@ def check_chunks(store: Store, info: dict, r: Report, full: bool, per_scale: int
                 other = i + 1 if i < last else i - 1
                 if other >= 0 and other != i and _region_has_data(vol, info, i, other, cell):
                     r.add(key, f"missing, but scale {info['scales'][other]['key']} has data there")
-                continue
-            if s["encoding"] == "compresso":
                 continue
             try:
                 decode_chunk(data, s["encoding"], cell.shape, dtype, channels, block)

@@ -12,7 +12,7 @@ import deflate
 import imagecodecs
 import numpy as np
 
-ENCODINGS = ("raw", "jpeg", "png", "compressed_segmentation")
+ENCODINGS = ("raw", "jpeg", "png", "compressed_segmentation", "compresso")
 
 # data types each encoding accepts, and the channel counts it allows
 _ALLOWED = {
@@ -20,6 +20,7 @@ _ALLOWED = {
     "jpeg": ({"uint8"}, {1, 3}),
     "png": ({"uint8", "uint16"}, {1, 2, 3, 4}),
     "compressed_segmentation": ({"uint32", "uint64"}, None),
+    "compresso": ({"uint8", "uint16", "uint32", "uint64"}, {1}),
 }
 
 
@@ -86,6 +87,13 @@ def encode_compressed_segmentation(chunk: np.ndarray, block_size) -> bytes:
     return struct.pack(f"<{channels}I", *offsets) + b"".join(bodies)
 
 
+def encode_compresso(chunk: np.ndarray) -> bytes:
+    """compresso (labels, one channel): the library's stream for the ``[x, y, z]`` chunk."""
+    import compresso
+
+    return bytes(compresso.compress(np.asfortranarray(chunk[:, :, :, 0])))
+
+
 def encode_chunk(chunk: np.ndarray, opts: EncodingOptions) -> bytes:
     if opts.encoding == "raw":
         return encode_raw(chunk)
@@ -95,6 +103,8 @@ def encode_chunk(chunk: np.ndarray, opts: EncodingOptions) -> bytes:
         return encode_png(chunk, opts.png_level)
     if opts.encoding == "compressed_segmentation":
         return encode_compressed_segmentation(chunk, opts.cseg_block_size)
+    if opts.encoding == "compresso":
+        return encode_compresso(chunk)
     raise ValueError(f"unknown encoding {opts.encoding!r}")
 
 
@@ -182,6 +192,16 @@ def decode_chunk(data: bytes, encoding: str, shape, dtype, channels: int = 1,
             except Exception as e:      # the kernel reports bad data with several error types
                 raise ValueError(f"compressed_segmentation chunk does not decode ({e})") from None
         return out
+    if encoding == "compresso":
+        import compresso
+
+        try:
+            arr = compresso.decompress(bytes(data))
+        except Exception as e:      # the library raises its own types for damaged streams
+            raise ValueError(f"compresso chunk does not decode ({e})") from None
+        if arr.size != x * y * z:
+            raise ValueError(f"compresso chunk decodes to {arr.shape}, not {x}x{y}x{z}")
+        return np.asfortranarray(arr.reshape((x, y, z)).astype(dtype, copy=False)[..., None])
     raise ValueError(f"unknown encoding {encoding!r}")
 
 
