@@ -346,3 +346,21 @@ def test_example_atlas_both_routes_give_the_same_labels(tmp_path):
         (tmp_path / "assembled" / "segment_properties" / "info").read_bytes()
     assert colors(tmp_path / "labels") == colors(tmp_path / "assembled")
     assert by_id(props(tmp_path / "labels"))[5]["label"] == "Left-Thalamus"
+
+
+def test_one_layer_per_structure(tmp_path, atlas):
+    a, nii, table = atlas
+    dest = tmp_path / "split"
+    p = run("convert", nii, dest, "--labels", table, "--split", "--exclude", "Right-Thalamus", check=0)
+    assert "not in the volume and got no layer: 99" in p.stderr
+    layers = sorted(d.name for d in dest.iterdir())
+    assert layers == ["10-Left-Thalamus", "17-Left-Hippocampus", "53-Right-Hippocampus"]
+    for name in layers:
+        label = int(name.split("-")[0])
+        got = read_cloudvolume(dest / name, 0)[..., 0]
+        np.testing.assert_array_equal(got, np.where(a == label, a, 0).astype(got.dtype))
+        assert sorted(by_id(props(dest / name))) == [label]
+        assert set(colors(dest / name)) == {label}
+    assert run("check", dest / "17-Left-Hippocampus", "--full").returncode == 0
+    line = one_line_error(run("convert", nii, tmp_path / "x", "--split"))
+    assert "--labels" in line

@@ -106,6 +106,8 @@ def _add_segment_args(p) -> None:
     g.add_argument("--exclude", metavar="IDS", help="set these labels (ids or names) to 0")
     g.add_argument("--all-labels", action="store_true",
                    help="list every table id in the segment properties, also those absent from the volume")
+    g.add_argument("--split", action="store_true",
+                   help="one layer per structure of the table: DEST/<id>-<name>/ (with --labels; convert only)")
 
 
 def _add_output_args(p) -> None:
@@ -210,6 +212,16 @@ def _report(a, res, what: str) -> None:
 
 
 def _cmd_convert(a) -> int:
+    if a.split:
+        from .convert import split_structures
+
+        if a.dry_run or a.resume:
+            raise UserError("--split runs one conversion per structure; --dry-run and --resume are not available "
+                            "with it (run it again with --overwrite)")
+        results = split_structures(a.source, a.dest, _convert_options(a))
+        if not a.quiet:
+            print(f"wrote {len(results)} structure layer(s) under {a.dest}", file=sys.stderr)
+        return 0
     res = convert(a.source, a.dest, _convert_options(a), dry_run=a.dry_run)
     _report(a, res, a.source)
     return 0

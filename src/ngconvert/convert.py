@@ -27,7 +27,7 @@ from .pyramid import choose_chunk_size, plan_factors
 from .sources import (UNIT_TO_NM, SliceOptions, SourceInfo, SourceRef, open_source, prepare, ref_for,
                       release)
 from .spec import DATA_TYPES, LAYER_TYPES, LayerSpec, dumps
-from .store import MemoryStore, StorageOptions, Store, open_store
+from .store import FileStore, MemoryStore, StorageOptions, Store, open_store
 from .survey import guess_layer_type, value_range
 from .tasks import run_task
 
@@ -576,3 +576,45 @@ def write_segmentation(array: np.ndarray, dest, labels=None, resolution=(1.0, 1.
     for w in res.warnings:
         warnings.warn(w, stacklevel=2)
     return res
+
+
+def _folder_name(label: int, name: str) -> str:
+    import re
+
+    clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")
+    return f"{label}-{clean}" if clean else str(label)
+
+
+def split_structures(source, dest, options: ConvertOptions, executor=None) -> list[ConvertResult]:
+    """One segmentation layer per structure of the label table (after ``only``/``exclude``):
+    ``DEST/<id>-<name>/`` holds just that structure (everything else 0, empty chunks not
+    stored), with its own segment properties, colour and meshes when asked.  Structures
+    absent from the volume get no layer (a warning says which)."""
+    table = load_table(options.labels)
+    if table is None:
+        raise UserError("--split needs a label table (--labels) naming the structures")
+    _t, keep, drop = resolve_segments(options)
+    ids = [i for i in table.labels if i != 0 and (keep is None or i in keep) and (drop is None or i not in drop)]
+    if not ids:
+        raise UserError("--split: no structures left to write (check --only/--exclude)")
+    results, absent = [], []
+    with ExecutorScope(options.workers, executor, options.scheduler, options.dask_workers, options.quiet) as ex:
+        for label in ids:
+            sub = f"{str(dest).rstrip('/')}/{_folder_name(label, table.labels[label].name)}"
+            opts = replace(options, only=[label], exclude=None, skip_empty=True, layer_type="segmentation",
+                           all_labels=False, quiet=True)
+            res = convert(source, sub, opts, executor=ex)
+            if not res.labels_present:
+                absent.append(label)
+                empty = open_store(sub, options.storage if "://" in sub else None)
+                empty.clear()
+                if isinstance(empty, FileStore):
+                    shutil.rmtree(empty.root, ignore_errors=True)
+                continue
+            results.append(res)
+            if not options.quiet:
+                print(f"ngconvert: wrote {sub} ({table.labels[label].name or label})", file=sys.stderr)
+    if absent and not options.quiet:
+        print(f"ngconvert: warning: {len(absent)} structure(s) are not in the volume and got no layer: "
+              f"{', '.join(map(str, absent[:8]))}", file=sys.stderr)
+    return results
