@@ -602,16 +602,9 @@ def format_markdown_table(rows: list[list[str]]) -> str:
 
 
 def versions(revision: str) -> dict:
-    import importlib.metadata
+    from measure import package_versions
 
-    out = {}
-    for name in VERSIONED:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    out["ngconvert"] += f" (git {revision})"
-    return out
+    return package_versions(VERSIONED, revision)
 
 
 def render_markdown(report: dict) -> str:

@@ -51,7 +51,7 @@ import nibabel as nib
 import numpy as np
 import psutil
 
-from measure import format_table, MB, Measurement, check_data, output_stats, run_measured
+from measure import package_versions, format_table, MB, Measurement, check_data, output_stats, run_measured
 from synth_volume import ensure_volume
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -326,14 +326,7 @@ def ngconvert_revision() -> str:
 
 
 def versions(revision: str) -> dict:
-    out = {}
-    for name in VERSIONED:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    out["ngconvert"] += f" (git {revision})"
-    return out
+    return package_versions(VERSIONED, revision)
 
 
 def describe_input(path: Path) -> str:

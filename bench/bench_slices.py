@@ -36,7 +36,6 @@ missing.  Page cache: the stack was just written or read, so every tool reads it
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import shlex
 import shutil
@@ -50,7 +49,7 @@ import numpy as np
 
 from bench_pyramid import (_log_tail, _slug, display_command, machine_info, ngconvert_fingerprint,
                            ngconvert_revision)
-from measure import format_table, Measurement, output_stats, run_measured
+from measure import package_versions, format_table, Measurement, output_stats, run_measured
 from synth_slices import Stack, ensure_stack
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -294,14 +293,7 @@ def format_markdown_table(rows: list[list[str]]) -> str:
 
 
 def versions(revision: str) -> dict:
-    out = {}
-    for name in VERSIONED:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    out["ngconvert"] += f" (git {revision})"
-    return out
+    return package_versions(VERSIONED, revision)
 
 
 def verdict(results: list[Result]) -> str:

@@ -184,3 +184,18 @@ def format_table(columns: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def package_versions(names, revision: str) -> dict:
+    """Installed versions of ``names``; ngconvert's carries the git revision."""
+    import importlib.metadata
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    if "ngconvert" in out:
+        out["ngconvert"] += f" (git {revision})"
+    return out
