@@ -75,7 +75,12 @@ def start_view(datasets: list[str], port: int = 0, bind: str = "127.0.0.1", segm
 
 
 def open_browser(url: str) -> bool:
+    """Open a graphical browser when there is one (never a text browser that would take over
+    the terminal the server runs in)."""
     import webbrowser
+
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
 
     try:
         browser = webbrowser.get()
