@@ -186,3 +186,10 @@ def test_hosting_outputs(tmp_path, moto_server, bucket):
     assert policy["Statement"][0]["Action"] == ["s3:GetObject"]
     p = run("hosting", "gcs", "--bucket", "b", check=0)
     assert "allUsers" in p.stdout and "responseHeader" in p.stdout
+
+
+def test_check_over_plain_http(site):
+    _root, url = site
+    p = run("check", f"{url}/seg", "--full")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "cannot list" in p.stderr and "valid" in p.stderr

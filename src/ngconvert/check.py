@@ -41,6 +41,7 @@ class Report:
     url: str
     problems: list[str] = field(default_factory=list)
     checked: dict = field(default_factory=dict)
+    notes: set = field(default_factory=set)
 
     def add(self, key: str, message: str) -> None:
         self.problems.append(f"{key}: {message}")
@@ -52,6 +53,16 @@ class Report:
 def _is_int_list(v, n=3, positive=False) -> bool:
     return (isinstance(v, list) and len(v) == n and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
             and (not positive or all(x > 0 for x in v)))
+
+
+def _listing(store: Store, prefix: str, r: Report) -> list[tuple[str, int]]:
+    """Keys under ``prefix``; a store that cannot list (plain HTTP) gives none, noted once."""
+    try:
+        return list(store.list(prefix))
+    except UserError:
+        r.notes.add("the store cannot list objects (plain HTTP): shard files and mesh manifests were "
+                    "not enumerated; check the bucket or folder itself for those")
+        return []
 
 
 # ---------------------------------------------------------------- info
@@ -211,7 +222,7 @@ def check_chunks(store: Store, info: dict, r: Report, full: bool, per_scale: int
 def check_shards(store: Store, s: dict, grid: ChunkGrid, r: Report) -> None:
     spec = ShardSpec.from_json(s["sharding"])
     reader = ShardedReader(store, s["key"], spec)
-    for key, size in store.list(s["key"] + "/"):
+    for key, size in _listing(store, s["key"] + "/", r):
         name = key.rsplit("/", 1)[-1]
         m = re.fullmatch(r"([0-9a-f]+)\.shard", name)
         if not m:
@@ -277,7 +288,7 @@ def check_meshes(store: Store, directory: str, r: Report, full: bool, per_dir: i
     if mesh_type != "neuroglancer_legacy_mesh":
         r.add(prefix + "info", f"@type {mesh_type!r} is not a mesh type")
         return
-    manifests = sorted(k for k, _ in store.list(prefix) if re.fullmatch(r"\d+:0", k[len(prefix):]))
+    manifests = sorted(k for k, _ in _listing(store, prefix, r) if re.fullmatch(r"\d+:0", k[len(prefix):]))
     for key in [manifests[i] for i in _sample(len(manifests), full, per_dir)]:
         r.count("mesh manifests")
         try:
@@ -310,7 +321,7 @@ def _check_multires(store: Store, prefix: str, minfo: dict, r: Report, full: boo
             return
         spec = ShardSpec.from_json(minfo["sharding"])
         reader = ShardedReader(store, prefix.rstrip("/"), spec)
-        for key, size in store.list(prefix):
+        for key, size in _listing(store, prefix, r):
             m = re.fullmatch(r"([0-9a-f]+)\.shard", key[len(prefix):])
             if not m:
                 continue
@@ -326,8 +337,9 @@ def _check_multires(store: Store, prefix: str, minfo: dict, r: Report, full: boo
                 except (ValueError, OSError, EOFError, struct.error) as e:
                     r.add(f"{key} segment {k}", str(e))
         return
-    manifests = sorted(k for k, _ in store.list(prefix) if re.fullmatch(r"\d+\.index", k[len(prefix):]))
-    sizes = dict(store.list(prefix))
+    listing = _listing(store, prefix, r)
+    manifests = sorted(k for k, _ in listing if re.fullmatch(r"\d+\.index", k[len(prefix):]))
+    sizes = dict(listing)
     for key in [manifests[i] for i in _sample(len(manifests), full, per_dir)]:
         r.count("mesh manifests")
         try:

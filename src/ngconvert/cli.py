@@ -440,6 +440,8 @@ def _cmd_check(a) -> int:
     report = check(a.dataset, _storage(a), full=a.full, sample=a.sample)
     for line in report.problems:
         print(line)
+    for note in sorted(report.notes):
+        print(f"ngconvert: note: {note}", file=sys.stderr)
     counted = ", ".join(f"{n} {what}" for what, n in report.checked.items()) or "info"
     if report.problems:
         print(f"{a.dataset}: {len(report.problems)} problem(s) (checked {counted})", file=sys.stderr)
