@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +32,8 @@ from .spec import DATA_TYPES
 from .store import Store, open_store
 from .volume_reader import PrecomputedVolume
 
-KNOWN_ENCODINGS = ("raw", "jpeg", "png", "compressed_segmentation", "compresso")
+KNOWN_ENCODINGS = ("raw", "jpeg", "png", "compressed_segmentation", "compresso", "jxl")
+DECODED = ("raw", "jpeg", "png", "compressed_segmentation", "compresso")
 NUMBER_TYPES = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767),
                 "uint32": (0, 2 ** 32 - 1), "int32": (-2 ** 31, 2 ** 31 - 1), "float32": None}
 
@@ -83,6 +85,8 @@ def check_volume_info(info: dict, r: Report) -> bool:
     if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
         r.add("info", f"num_channels {channels!r} is not a positive integer")
         ok = False
+    if info.get("type") == "segmentation" and isinstance(channels, int) and channels != 1:
+        r.add("info", f"a segmentation has num_channels {channels}; it must be 1")
     scales = info.get("scales")
     if not isinstance(scales, list) or not scales:
         r.add("info", "scales is missing or empty")
@@ -118,10 +122,11 @@ def check_volume_info(info: dict, r: Report) -> bool:
             r.add(where, f"chunk_sizes {cs!r} is not a list of three positive integers")
             ok = False
         enc = s.get("encoding")
+        enc = enc.lower() if isinstance(enc, str) else enc      # the format's names are case-insensitive
         if enc not in KNOWN_ENCODINGS:
             r.add(where, f"encoding {enc!r} is not one of {', '.join(KNOWN_ENCODINGS)}")
             ok = False
-        elif dtype in DATA_TYPES and isinstance(channels, int):
+        elif dtype in DATA_TYPES and isinstance(channels, int) and enc in DECODED:
             problem = encoding_problem(enc, dtype, channels)
             if problem:
                 r.add(where, problem)
@@ -192,6 +197,7 @@ def check_chunks(store: Store, info: dict, r: Report, full: bool, per_scale: int
             j, ii = divmod(rem, shape[0])
             cells.append(grid.cell((ii, j, k)))
         block = tuple(s.get("compressed_segmentation_block_size", (8, 8, 8)))
+        enc = str(s["encoding"]).lower()
         repeats: dict[str, list] = {}       # one line per kind of damage, with a count
 
         def damaged(key: str, message: str) -> None:
@@ -207,12 +213,15 @@ def check_chunks(store: Store, info: dict, r: Report, full: bool, per_scale: int
                 damaged(key, text.split(": ", 1)[1] if "sharding" in s and ": " in text else text)
                 continue
             if data is None:
-                other = i + 1 if i < last else i - 1
-                if other >= 0 and other != i and _region_has_data(vol, info, i, other, cell):
-                    r.add(key, f"missing, but scale {info['scales'][other]['key']} has data there")
+                # data at the next coarser scale over a missing chunk: it was lost (the other way
+                # round is normal: averaging can round a sparse region to zero)
+                if i < last and _region_has_data(vol, info, i, i + 1, cell):
+                    r.add(key, f"missing, but scale {info['scales'][i + 1]['key']} has data there")
+                continue
+            if enc not in DECODED:
                 continue
             try:
-                decode_chunk(data, s["encoding"], cell.shape, dtype, channels, block)
+                decode_chunk(data, enc, cell.shape, dtype, channels, block)
             except Exception as e:       # every decoder error is a damaged chunk
                 r.add(key, f"does not decode to {'x'.join(map(str, cell.shape))}x{channels} ({e})")
         for message, (key, n) in repeats.items():
@@ -252,7 +261,7 @@ def _check_one_shard(reader: ShardedReader, spec: ShardSpec, shard: int, key: st
             continue
         try:
             entries = reader.minishard(shard, mini)
-        except (ValueError, OSError, EOFError) as e:
+        except (ValueError, OSError, EOFError, zlib.error) as e:
             r.add(key, f"minishard {mini}: {e}")
             continue
         for k, (start, n) in entries.items():

@@ -389,7 +389,8 @@ def _add_reencode(sub) -> None:
         layout.add_argument("--unsharded", dest="sharded", action="store_const", const=False,
                             help="write every scale as one file per chunk")
         g.add_argument("--shard-size", type=int, metavar="MB", help="uncompressed chunk data per shard (default 2048)")
-        g.add_argument("--shard-hash", default="identity", choices=["identity", "murmurhash3_x86_128"])
+        g.add_argument("--shard-hash", choices=["identity", "murmurhash3_x86_128"],
+                       help="default: the source's, else identity")
         g = p.add_argument_group("run")
         g.add_argument("--workers", type=int, help="worker processes (default: all cores)")
         _add_dask_args(g)

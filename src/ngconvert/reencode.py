@@ -25,7 +25,7 @@ from .progress import Progress
 from .shard_tasks import plan_shard_tasks, run_shard_task, shard_done_key
 from .sharding import TARGET_SHARD_BYTES, choose_spec
 from .spec import Scale, dumps
-from .store import MemoryStore, Store, StorageOptions, content_type_for, open_store
+from .store import FileStore, MemoryStore, Store, StorageOptions, content_type_for, open_store
 from .volume_reader import PrecomputedVolume
 
 PLAN_KEY = f"{SCRATCH}/reencode.json"
@@ -45,7 +45,7 @@ class ReencodeOptions:
     chunk_size: tuple | None = None
     sharded: bool | None = None            # True: shard every scale, False: unshard, None: keep
     shard_bytes: int | None = None
-    shard_hash: str = "identity"
+    shard_hash: str | None = None          # None: the source's, else identity
     workers: int | None = None
     quiet: bool = False
     overwrite: bool = False
@@ -78,6 +78,9 @@ def changes_layout(info: dict, opts: ReencodeOptions) -> bool:
             return True
         if opts.sharded is not None and opts.sharded != ("sharding" in s):
             return True
+        if opts.sharded and "sharding" in s and (opts.shard_bytes or (
+                opts.shard_hash and opts.shard_hash != s["sharding"].get("hash", "identity"))):
+            return True           # new shard parameters asked for
         if opts.cseg_block_size and s["encoding"] == "compressed_segmentation" and \
                 list(opts.cseg_block_size) != list(s.get("compressed_segmentation_block_size", [8, 8, 8])):
             return True
@@ -115,10 +118,12 @@ def new_info(info: dict, opts: ReencodeOptions) -> dict:
         sharded = ("sharding" in s) if opts.sharded is None else opts.sharded
         if not sharded:
             s.pop("sharding", None)
-        elif opts.sharded or "sharding" not in s or opts.chunk_size:
+        elif "sharding" not in s or opts.chunk_size or (opts.sharded and (opts.shard_bytes or (
+                opts.shard_hash and opts.shard_hash != s["sharding"].get("hash", "identity")))):
             grid = tuple(-(-int(n) // int(c)) for n, c in zip(s["size"], chunk))
             chunk_bytes = int(np.prod(chunk)) * np.dtype(dtype).itemsize * channels
-            spec = choose_spec(grid, chunk_bytes, enc, opts.shard_bytes or TARGET_SHARD_BYTES, opts.shard_hash)
+            hash_ = opts.shard_hash or (s["sharding"].get("hash", "identity") if "sharding" in s else "identity")
+            spec = choose_spec(grid, chunk_bytes, enc, opts.shard_bytes or TARGET_SHARD_BYTES, hash_)
             if _compress(opts, enc) == "none":
                 spec = replace(spec, data_encoding="raw")
             s["sharding"] = spec.to_json()
@@ -264,11 +269,19 @@ def _run_shard(task):
 
 
 def _sidecars(src: Store, info: dict) -> list[str]:
-    scale_keys = {s["key"] for s in info["scales"]}
+    prefixes = tuple(s["key"].strip("/") + "/" for s in info["scales"]) + (SCRATCH + "/",)
+    try:
+        listed = [k for k, _size in src.list("")]
+    except UserError:
+        # plain HTTP cannot list: the sidecars the info names, and the usual files
+        listed = ["transform.json", "segment_colors.json"]
+        if isinstance(info.get("segment_properties"), str):
+            listed.append(info["segment_properties"].strip("/") + "/info")
+        if isinstance(info.get("mesh"), str):
+            listed.append(info["mesh"].strip("/") + "/info")
     out = []
-    for key, _size in src.list(""):
-        top = key.split("/", 1)[0]
-        if key == "info" or top in scale_keys or top == SCRATCH or key.endswith("/"):
+    for key in listed:
+        if key == "info" or key.startswith(prefixes) or key.endswith("/"):
             continue
         out.append(key)
     return sorted(out)
@@ -299,6 +312,12 @@ def _reencode(source, dest, opts: ReencodeOptions, ex) -> ReencodeResult:
     if src_info.get("@type", "neuroglancer_multiscale_volume") != "neuroglancer_multiscale_volume":
         raise UserError(f"{src.url} is not a precomputed volume; only volumes can be re-encoded")
     result = ReencodeResult(src.url, dst.url)
+    a, b = src.url.rstrip("/") + "/", dst.url.rstrip("/") + "/"
+    if isinstance(src, FileStore) and isinstance(dst, FileStore):
+        a, b = str(src.root.resolve()) + "/", str(dst.root.resolve()) + "/"
+    if a.startswith(b) or b.startswith(a):
+        raise UserError(f"{dst.url} is {'the source itself' if a == b else 'inside or around the source'}; "
+                        "write the new dataset to another place (then move it)")
 
     if opts.resume:
         saved = dst.get(PLAN_KEY)

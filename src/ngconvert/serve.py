@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import errno
 import gzip
+import re
+import zlib
 import os
 import posixpath
 import sys
@@ -51,20 +53,20 @@ def parse_range(header: str, size: int):
     if not header or not header.startswith("bytes=") or "," in header:
         return None
     spec = header[6:].strip()
-    a, sep, b = spec.partition("-")
-    if not sep:
-        return None
-    try:
-        if a == "":
-            n = int(b)
-            if n <= 0:
-                return "invalid"
-            return max(0, size - n), size
-        start = int(a)
-        stop = int(b) + 1 if b else size
-    except ValueError:
-        return None
-    if start >= size or stop <= start:
+    m = re.fullmatch(r"(\d*)-(\d*)", spec)
+    if not m or not (m.group(1) or m.group(2)):
+        return None                              # malformed: ignored, the whole file is sent
+    a, b = m.groups()
+    if a == "":
+        n = int(b)
+        if n <= 0 or size == 0:
+            return "invalid"
+        return max(0, size - n), size
+    start = int(a)
+    if b and int(b) < start:
+        return None                              # last < first: syntactically invalid, ignored
+    stop = int(b) + 1 if b else size
+    if start >= size:
         return "invalid"
     return start, min(stop, size)
 
@@ -141,7 +143,8 @@ class Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def _refuse(self):
-        self._simple(405, "read-only server", {"Allow": "GET, HEAD, OPTIONS"})
+        self.close_connection = True             # its body is not read: never parse it as a request
+        self._simple(405, "read-only server", {"Allow": "GET, HEAD, OPTIONS", "Connection": "close"})
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _refuse   # noqa: N815
 
@@ -171,7 +174,11 @@ class Handler(BaseHTTPRequestHandler):
         data = None
         size = path.stat().st_size
         if encoding == "gzip" and rng_header:
-            data = gzip.decompress(path.read_bytes())     # a range of the object, not of its gzip form
+            try:
+                data = gzip.decompress(path.read_bytes())     # a range of the object, not of its gzip form
+            except (OSError, EOFError, zlib.error):
+                self._simple(500, "stored gzip data is damaged")
+                return
             size, encoding = len(data), None
         rng = parse_range(rng_header, size) if rng_header else None
         if rng == "invalid":

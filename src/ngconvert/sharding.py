@@ -18,6 +18,7 @@ import math
 import os
 import struct
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -240,7 +241,12 @@ def write_shard(store, key: str, spec: ShardSpec, items: list[tuple[int, int]],
 
 
 def _maybe_gunzip(data: bytes, encoding: str) -> bytes:
-    return gzip.decompress(data) if encoding == "gzip" else data
+    if encoding != "gzip":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"gzip data in the shard is damaged ({e})") from None
 
 
 class ShardedReader:
@@ -323,6 +329,8 @@ class ShardedReader:
         if prefix_size > start:
             raise ValueError(f"{self.path(shard)}: fragments of key {key} would start before the file")
         raw = self.store.get_range(self.path(shard), start - prefix_size, start + size)
+        if raw is None or len(raw) != prefix_size + size:
+            raise ValueError(f"{self.path(shard)}: value of key {key} and its fragments are truncated")
         return _maybe_gunzip(raw[prefix_size:], self.spec.data_encoding), raw[:prefix_size]
 
 
@@ -335,6 +343,13 @@ def check_spec_json(obj) -> list[str]:
     for k in ("preshift_bits", "hash", "minishard_bits", "shard_bits"):
         if k not in obj:
             out.append(f"sharding lacks {k}")
+    for k in ("preshift_bits", "minishard_bits", "shard_bits"):
+        v = obj.get(k)
+        if k in obj and (not isinstance(v, int) or isinstance(v, bool)):
+            out.append(f"sharding {k} {v!r} is not an integer")
+    for k in ("hash", "minishard_index_encoding", "data_encoding"):
+        if k in obj and not isinstance(obj[k], str):
+            out.append(f"sharding {k} {obj[k]!r} is not a string")
     if out:
         return out
     return ShardSpec.from_json(obj).problems()

@@ -185,6 +185,10 @@ def _extent(ds: Dataset, global_unit: str | None):
         corners = np.array([[start[d] + (size[d] if (c >> d) & 1 else 0) for d in range(3)] for c in range(8)])
         pts = (corners @ lin.T + off) * scale
         return (pts.min(axis=0) + pts.max(axis=0)) / 2, pts.max(axis=0) - pts.min(axis=0)
+    if global_unit is not None:
+        # a dataset without a world transform among others with one: its physical nm place
+        to_unit = np.asarray(s0["resolution"], float) * 1e-9 / UNIT_TO_M[global_unit]
+        return (start + size / 2) * to_unit, size * to_unit
     return start + size / 2, size
 
 

@@ -63,7 +63,7 @@ class PrecomputedVolume:
             if data is None:
                 continue
             try:
-                arr = decode_chunk(data, s["encoding"], cell.shape, self.dtype, self.channels, block)
+                arr = decode_chunk(data, str(s["encoding"]).lower(), cell.shape, self.dtype, self.channels, block)
             except ValueError as e:
                 raise UserError(f"{self.store.describe(key)}: {e}; the dataset is damaged") from None
             inter = cell.intersect(box)
