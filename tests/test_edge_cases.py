@@ -1,16 +1,13 @@
 """Edge cases of the server, the checker, re-encoding and viewer states (each once a bug)."""
 from __future__ import annotations
 
-import gzip
 import json
 import socket
 import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
-import pytest
 import requests
 
 import ngconvert
