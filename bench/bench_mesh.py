@@ -66,7 +66,9 @@ given commit, put a clean checkout's src/ first on PYTHONPATH; the revision is r
 and flagged if the source changes during the run.
 
 Usage:
-    python bench/bench_mesh.py --size 128 --timeout 60   # quick run (128x128x64), ~2 min
+    python bench/bench_mesh.py --size 128 --timeout 60   # quick run (128x128x64), ~3 min: ngconvert's
+                                                         # multires runs hang at this size (a bug,
+                                                         # see docs/benchmarks.md) and are killed
     python bench/bench_mesh.py                           # 512x512x256, ~1 min per repeat
     python bench/bench_mesh.py --repeat 3 --markdown bench/work/mesh512.md
 
