@@ -239,3 +239,16 @@ def test_multires_node_holding_only_sub_quantum_geometry():
     assert any((s == 0).any() for s in parsed["sizes"])           # the speck's node is empty
     q, f = collapse_quantized(np.array([[1, 1, 1], [1, 1, 1], [2, 1, 1], [1, 2, 1]]), np.array([[0, 1, 2], [0, 2, 3]]))
     assert len(q) == 3 and q[f].tolist() == [[[1, 1, 1], [2, 1, 1], [1, 2, 1]]]     # same triangle, same winding
+
+
+def test_coarse_lods_of_an_off_grid_mesh_finish(tmp_path):
+    """A welded LOD-0 mesh whose vertices are off the simplifier's half-voxel grid once made
+    zmesh's simplifier loop forever (label 564 of the 128 benchmark volume)."""
+    code = ("import numpy as np\nfrom ngconvert.meshing import simplify_levels\n"
+            f"d = np.load({str(Path(__file__).parent / 'data' / 'mesh_564.npz')!r})\n"
+            "lv = simplify_levels((d['v'], d['f']), 500.0, 1000.0, 3)\n"
+            "print([len(f) for _v, f in lv])\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    counts = json.loads(p.stdout)
+    assert counts[0] == 784 and counts[0] > counts[1] > counts[2] > 0

@@ -234,14 +234,20 @@ def simplify_levels(mesh: Mesh, error_nm: float, voxel_nm: float, lods: int) -> 
     if lods == 1 or len(f) == 0:
         return out
     lo = v.min(axis=0)
-    local = (v - lo) / voxel_nm            # the simplifier works in a range below 2^20
+    # zmesh's simplifier rounds vertices to a half-unit integer grid and its error bound to
+    # whole units, in a range below 2^20.  In voxel units that moves vertices by up to half a
+    # voxel, merges neighbours into degenerate triangles and can make it loop forever; so the
+    # mesh is scaled up by the largest power of two that keeps it in range.
+    extent = float(((v - lo) / voxel_nm).max()) if len(v) else 1.0
+    scale = float(2 ** max(0, min(10, int(np.floor(np.log2(2 ** 18 / max(extent, 1.0)))))))
+    local = (v - lo) / voxel_nm * scale
     simplifier = zmesh.Mesher((1, 1, 1))
     for lod in range(1, lods):
-        err = max(error_nm, voxel_nm) * 2 ** lod / voxel_nm
+        err = max(error_nm, voxel_nm) * 2 ** lod / voxel_nm * scale
         m = simplifier.simplify(zmesh.Mesh(local.astype(np.float32), f.astype(np.uint32), None),
                                 reduction_factor=2 ** (lod + 1), max_error=err,
                                 compute_normals=False)
-        sv, sf = np.asarray(m.vertices, np.float64), np.asarray(m.faces, np.int64)
+        sv, sf = np.asarray(m.vertices, np.float64) / scale, np.asarray(m.faces, np.int64)
         # the simplifier can leave a collapsed vertex as NaN: drop faces that use one
         sf = sf[np.isfinite(sv).all(axis=1)[sf].all(axis=1)] if len(sf) else sf
         sv, sf = compact(sv, sf)
