@@ -58,16 +58,6 @@ class TransferBar:
     def start(self, total_objects: int, total_bytes: int) -> None:
         self.progress = Progress(total_objects, self.desc, quiet=self.quiet)
 
-    def grow(self, n: int) -> None:
-        """More tasks joined the plan (counted only once they are known)."""
-        if self.bar is not None and n:
-            self.bar.total += n
-            self.bar.refresh()
-
-    def phase(self, desc: str) -> None:
-        if self.bar is not None:
-            self.bar.set_description_str(desc, refresh=True)
-
     def update(self, n: int = 1, nbytes: int = 0) -> None:
         if self.progress is not None:
             self.progress.update(n, nbytes)
