@@ -424,12 +424,7 @@ def write_one_mesh_shard(store, directory: str, spec_json: dict, shard: int, ite
             return None
         return manifest, store.get(f"{SHARD_OUT}/{label}") or b"", False
 
-    tmpdir = None
-    root = getattr(store, "root", None)
-    if root is not None:
-        (root / ".ngconvert" / "tmp").mkdir(parents=True, exist_ok=True)
-        tmpdir = str(root / ".ngconvert" / "tmp")
-    n = write_shard(store, f"{directory}/{spec.shard_name(shard)}", spec, list(items), fetch, tmpdir)
+    n = write_shard(store, f"{directory}/{spec.shard_name(shard)}", spec, list(items), fetch)
     store.put(_done("shards", shard), b"")
     return n
 

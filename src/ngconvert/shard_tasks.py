@@ -80,12 +80,6 @@ def run_shard_task(store, scales, chunk_size, specs, task: ShardTask, gzip_level
             return store.get(name), b"", False
         return raw.data, b"", False
 
-    tmpdir = None
-    root = getattr(store, "root", None)
-    if root is not None:          # a local dataset: build the shard beside it, then rename
-        tmpdir = str(root / SCRATCH / "tmp")
-        (root / SCRATCH / "tmp").mkdir(parents=True, exist_ok=True)
-    n = write_shard(store, f"{scale.key}/{spec.shard_name(task.shard)}", spec, list(task.items), fetch, tmpdir,
-                    gzip_level)
+    n = write_shard(store, f"{scale.key}/{spec.shard_name(task.shard)}", spec, list(task.items), fetch, gzip_level)
     store.put(shard_done_key(task), b"")
     return n

@@ -202,11 +202,17 @@ class ShardFileWriter:
 
 
 def write_shard(store, key: str, spec: ShardSpec, items: list[tuple[int, int]],
-                fetch: Callable[[int], tuple[bytes, bytes, bool] | None], tmpdir: str | None = None,
-                gzip_level: int = 6) -> int:
+                fetch: Callable[[int], tuple[bytes, bytes, bool] | None], gzip_level: int = 6) -> int:
     """Write the shard file ``key`` from ``items`` ((minishard, chunk key) pairs); ``fetch``
     returns (data, prefix, already encoded) for a key, or None (nothing stored for it).
-    Returns the number of entries."""
+    Returns the number of entries.  A local dataset's shard is built in its own temporary
+    folder (then renamed into place), others in the system's temporary folder."""
+    from .store import TMP_DIR, FileStore
+
+    tmpdir = None
+    if isinstance(store, FileStore):
+        tmpdir = store.root / TMP_DIR
+        tmpdir.mkdir(parents=True, exist_ok=True)
     fd, path = tempfile.mkstemp(prefix="ngconvert-shard-", dir=tmpdir)
     os.close(fd)
     try:
