@@ -202,54 +202,57 @@ def run_block(src: Store, dst: Store, src_info: dict, dst_info: dict, opts: Reen
     enc = EncodingOptions(s["encoding"], int(s.get("jpeg_quality", opts.jpeg_quality)),
                           int(s.get("png_level", opts.png_level)),
                           tuple(s.get("compressed_segmentation_block_size", (8, 8, 8))))
-    sharded = "sharding" in s
-    gzip = _compress(opts, s["encoding"]) == "gzip" and not sharded
+    gzip = _gzips(opts, s)
     n = 0
     for cell in ChunkGrid(sc.bounds, chunk).cells_in(task.box):
         blob = encode_chunk(np.asfortranarray(data[cell.slices(task.box.start)]), enc)
-        key = f"{s['key']}/{chunk_key(cell)}"
-        if sharded:
-            key = f"{CHUNK_SCRATCH}/{key}"
-            gzip = s["sharding"].get("data_encoding") == "gzip"
-        if gzip:
-            dst.put(key, gzip_compress(blob, opts.gzip_level), content_encoding="gzip")
-        else:
-            dst.put(key, blob)
+        _put_chunk(dst, s, cell, blob, False, gzip, opts.gzip_level)
         n += 1
     dst.put(_done_key(task), b"")
     return n
+
+
+def _gzips(opts: ReencodeOptions, s: dict) -> bool:
+    """Whether chunks of destination scale ``s`` are stored gzipped (a sharded scale: by its
+    data encoding, the shard taking the bytes as they are)."""
+    if "sharding" in s:
+        return s["sharding"].get("data_encoding") == "gzip"
+    return _compress(opts, s["encoding"]) == "gzip"
+
+
+def _put_chunk(dst: Store, s: dict, cell: Box, blob: bytes, gzipped: bool, gzip: bool, level: int) -> None:
+    """Store one encoded chunk of destination scale ``s`` (sharded scales: in the scratch area
+    until its shard is written); ``gzipped`` says ``blob`` already is."""
+    key = f"{s['key']}/{chunk_key(cell)}"
+    if "sharding" in s:
+        key = f"{CHUNK_SCRATCH}/{key}"
+    if gzip:
+        dst.put(key, blob if gzipped else gzip_compress(blob, level), content_encoding="gzip")
+    else:
+        dst.put(key, blob)
 
 
 def _copy_block(vol: PrecomputedVolume, dst: Store, s: dict, opts: ReencodeOptions, task: BlockTask) -> int:
     """Only the layout changes: the stored chunk bytes move as they are (no generation loss)."""
     sc = _scales(vol.info)[task.scale]
     grid = ChunkGrid(sc.bounds, tuple(int(c) for c in s["chunk_sizes"][0]))
-    sharded = "sharding" in s
-    gzip = _compress(opts, s["encoding"]) == "gzip" and not sharded
-    if sharded:
-        gzip = s["sharding"].get("data_encoding") == "gzip"
+    gzip = _gzips(opts, s)
     source_sharded = "sharding" in vol.info["scales"][task.scale]
     n = 0
     for cell in grid.cells_in(task.box):
-        key = f"{s['key']}/{chunk_key(cell)}"
+        raw_gz = False
         if source_sharded:
             ((_c, _w, blob),) = list(vol.chunks(task.scale, grid, [cell]))
-            raw_gz = None
         else:                      # gzipped objects pass through without being unpacked
+            key = f"{s['key']}/{chunk_key(cell)}"
             raw = vol.store.get_raw(key)
             blob = None if raw is None else raw.data
             raw_gz = raw is not None and raw.content_encoding == "gzip"
             if raw_gz and not gzip:
-                blob = vol.store.get(key)
+                blob, raw_gz = vol.store.get(key), False
         if blob is None:
             continue
-        target = f"{CHUNK_SCRATCH}/{key}" if sharded else key
-        if gzip and raw_gz:
-            dst.put(target, blob, content_encoding="gzip")
-        elif gzip:
-            dst.put(target, gzip_compress(blob, opts.gzip_level), content_encoding="gzip")
-        else:
-            dst.put(target, blob)
+        _put_chunk(dst, s, cell, blob, raw_gz, gzip, opts.gzip_level)
         n += 1
     dst.put(_done_key(task), b"")
     return n
