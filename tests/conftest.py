@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +90,20 @@ def label_volume(shape, dtype=np.uint32, seed=0, labels=(0, 3, 7, 12, 100)) -> n
 @pytest.fixture
 def tmp(tmp_path):
     return tmp_path
+
+
+def run(*args, check=None):
+    """``ngconvert ARGS...`` in a new process; ``check``: the exit status it must have."""
+    p = subprocess.run([sys.executable, "-m", "ngconvert", *map(str, args)], capture_output=True, text=True)
+    if check is not None:
+        assert p.returncode == check, p.stderr
+    return p
+
+
+def one_line_error(p):
+    """The error line of a run that failed on bad input: exit 2, one line, no traceback."""
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, p.stderr
+    assert "Traceback" not in p.stderr
+    return lines[0]

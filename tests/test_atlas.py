@@ -14,23 +14,8 @@ import pytest
 
 import ngconvert
 from checks import check_dataset
-from conftest import read_cloudvolume, read_info
+from conftest import one_line_error, read_cloudvolume, read_info, run
 from segprops_rules import check_segment_properties
-
-
-def run(*args, check=None):
-    p = subprocess.run([sys.executable, "-m", "ngconvert", *map(str, args)], capture_output=True, text=True)
-    if check is not None:
-        assert p.returncode == check, p.stderr
-    return p
-
-
-def one_line_error(p):
-    assert p.returncode == 2, (p.returncode, p.stderr)
-    lines = [line for line in p.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, p.stderr
-    assert "Traceback" not in p.stderr
-    return lines[0]
 
 
 def blobs(shape, ids, seed=0) -> np.ndarray:

@@ -11,22 +11,7 @@ import numpy as np
 import pytest
 
 from checks import check_dataset
-from conftest import smooth_volume
-
-
-def run(*args, check=None):
-    p = subprocess.run([sys.executable, "-m", "ngconvert", *map(str, args)], capture_output=True, text=True)
-    if check is not None:
-        assert p.returncode == check, p.stderr
-    return p
-
-
-def one_line_error(p):
-    assert p.returncode == 2, (p.returncode, p.stderr)
-    lines = [line for line in p.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, p.stderr
-    assert "Traceback" not in p.stderr
-    return lines[0]
+from conftest import one_line_error, run, smooth_volume
 
 
 @pytest.fixture

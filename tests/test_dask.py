@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import ngconvert
-from conftest import label_volume, smooth_volume
+from conftest import label_volume, run, smooth_volume
 from s3server import FlakyProxy, fraction
 
 pytest_plugins = ("s3server",)
@@ -24,13 +24,6 @@ pytest_plugins = ("s3server",)
 
 def files(root: Path) -> dict:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-
-def run(*args, check=None):
-    p = subprocess.run([sys.executable, "-m", "ngconvert", *map(str, args)], capture_output=True, text=True)
-    if check is not None:
-        assert p.returncode == check, p.stderr
-    return p
 
 
 @pytest.fixture(scope="module")

@@ -4,23 +4,14 @@ from __future__ import annotations
 import json
 import socket
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import requests
 
 import ngconvert
-from conftest import label_volume, read_cloudvolume
+from conftest import label_volume, read_cloudvolume, run
 from ngconvert.serve import DatasetServer
 from ngconvert.viewer_state import Dataset, build_state
-
-
-def run(*args, check=None):
-    p = subprocess.run([sys.executable, "-m", "ngconvert", *map(str, args)], capture_output=True, text=True)
-    if check is not None:
-        assert p.returncode == check, p.stderr
-    return p
 
 
 def no_traceback(p):

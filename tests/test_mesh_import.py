@@ -1,8 +1,6 @@
 """Importing surface meshes: formats, units, transforms, winding, ids, and bad input."""
 import json
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -11,20 +9,7 @@ import pytest
 
 import ngconvert
 from ngconvert.meshing import MeshOptions
-
-
-def run(*args, check=None):
-    p = subprocess.run([sys.executable, "-m", "ngconvert", *map(str, args)], capture_output=True, text=True)
-    if check is not None:
-        assert p.returncode == check, p.stderr
-    return p
-
-
-def one_line_error(p):
-    assert p.returncode == 2, (p.returncode, p.stderr)
-    lines = [line for line in p.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
-    return lines[0]
+from conftest import one_line_error, run
 
 
 def icosphere(radius=10.0, centre=(0, 0, 0)):

@@ -11,13 +11,7 @@ from scipy.spatial import cKDTree
 
 import ngconvert
 from ngconvert.meshing import MeshOptions, mesh_layer
-
-
-def run(*args, check=None):
-    p = subprocess.run([sys.executable, "-m", "ngconvert", *map(str, args)], capture_output=True, text=True)
-    if check is not None:
-        assert p.returncode == check, p.stderr
-    return p
+from conftest import run
 
 
 def cv_meshes(path, ids, lod=0):

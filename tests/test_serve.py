@@ -5,8 +5,6 @@ import gzip
 import json
 import os
 import socket
-import subprocess
-import sys
 from urllib.parse import unquote
 
 import numpy as np
@@ -14,18 +12,11 @@ import pytest
 import requests
 
 import ngconvert
-from conftest import label_volume, smooth_volume
+from conftest import label_volume, run, smooth_volume
 from ngconvert.errors import UserError
 from ngconvert.serve import DatasetServer, parse_range
 
 pytest_plugins = ("s3server",)
-
-
-def run(*args, check=None):
-    p = subprocess.run([sys.executable, "-m", "ngconvert", *map(str, args)], capture_output=True, text=True)
-    if check is not None:
-        assert p.returncode == check, p.stderr
-    return p
 
 
 @pytest.fixture(scope="module")

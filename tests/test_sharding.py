@@ -20,18 +20,11 @@ import pytest
 
 import ngconvert
 from checks import check_dataset
-from conftest import label_volume, read_cloudvolume, read_info, smooth_volume
+from conftest import label_volume, read_cloudvolume, read_info, run, smooth_volume
 from ngconvert.meshing import MeshOptions
 from ngconvert.sharding import ShardSpec, compressed_morton
 
 pytest_plugins = ("s3server",)
-
-
-def run(*args, check=None):
-    p = subprocess.run([sys.executable, "-m", "ngconvert", *map(str, args)], capture_output=True, text=True)
-    if check is not None:
-        assert p.returncode == check, p.stderr
-    return p
 
 
 # ---------------------------------------------------------------- keys and hashes
