@@ -129,17 +129,24 @@ def _add_output_args(p) -> None:
                    help="compressed_segmentation block size (default 8,8,8)")
     g.add_argument("--skip-empty", action="store_true", help="do not store chunks that are all zero")
     _add_sharding_args(p)
-    g = p.add_argument_group("run")
-    g.add_argument("--workers", type=int, help="worker processes (default: all cores)")
-    _add_dask_args(g)
+    g = _add_run_args(p, "replace an existing destination", "finish an interrupted conversion",
+                      "no progress bar or notes")
     g.add_argument("--task-memory", type=int, metavar="MB",
                    help="input one task holds at most, in MB (default 64, 256 for slice stacks); "
                         "bounds memory per worker")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing destination")
-    g.add_argument("--resume", action="store_true", help="finish an interrupted conversion")
     g.add_argument("--dry-run", action="store_true", help="print the planned scales and tasks; write nothing")
-    g.add_argument("--quiet", action="store_true", help="no progress bar or notes")
     _add_storage_args(p)
+
+
+def _add_run_args(p, overwrite: str, resume: str, quiet: str = "no progress bar"):
+    """The run options every task-producing command shares; returns the group for more."""
+    g = p.add_argument_group("run")
+    g.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    _add_dask_args(g)
+    g.add_argument("--overwrite", action="store_true", help=overwrite)
+    g.add_argument("--resume", action="store_true", help=resume)
+    g.add_argument("--quiet", action="store_true", help=quiet)
+    return g
 
 
 def _add_dask_args(g) -> None:
@@ -284,12 +291,7 @@ def _add_mesh(sub) -> None:
     g = p.add_argument_group("meshes")
     _add_mesh_args(g, ("--format", "--mesh-format"))
     g.add_argument("--sharded", action="store_true", help="pack multires meshes into shard files")
-    g = p.add_argument_group("run")
-    g.add_argument("--workers", type=int, help="worker processes (default: all cores)")
-    _add_dask_args(g)
-    g.add_argument("--overwrite", action="store_true", help="replace existing meshes")
-    g.add_argument("--resume", action="store_true", help="finish an interrupted meshing run")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_args(p, "replace existing meshes", "finish an interrupted meshing run")
     _add_storage_args(p)
 
 
@@ -391,12 +393,7 @@ def _add_reencode(sub) -> None:
         g.add_argument("--shard-size", type=int, metavar="MB", help="uncompressed chunk data per shard (default 2048)")
         g.add_argument("--shard-hash", choices=["identity", "murmurhash3_x86_128"],
                        help="default: the source's, else identity")
-        g = p.add_argument_group("run")
-        g.add_argument("--workers", type=int, help="worker processes (default: all cores)")
-        _add_dask_args(g)
-        g.add_argument("--overwrite", action="store_true", help="replace an existing destination dataset")
-        g.add_argument("--resume", action="store_true", help="finish an interrupted run")
-        g.add_argument("--quiet", action="store_true", help="no progress bar")
+        _add_run_args(p, "replace an existing destination dataset", "finish an interrupted run")
         _add_storage_args(p)
 
 
