@@ -377,6 +377,23 @@ def plan_assembly(structures, ids=None, labels=None, origins=None, axes: str = "
     return assembly, readers
 
 
+def assembly_fingerprint(assembly: Assembly, readers, overlap: str, threshold: float) -> dict:
+    """What the assembled volume is made of (mask files, placements, rules), for ``--resume``."""
+    import hashlib
+    import json
+
+    from .fingerprint import file_fingerprint
+
+    parts = []
+    for p in assembly.placements:
+        where = readers[p.name][1]
+        parts.append([p.name, p.label, list(p.start), list(p.shape),
+                      file_fingerprint(where) if os.path.isfile(where) else None])
+    blob = json.dumps([parts, overlap, float(threshold), assembly.dtype.str if hasattr(assembly.dtype, "str")
+                       else str(assembly.dtype)], sort_keys=True)
+    return {"assembly_sha256": hashlib.sha256(blob.encode()).hexdigest()}
+
+
 def fill(assembly: Assembly, readers, out: np.ndarray, overlap: str = "error", threshold: float = 0) -> None:
     """Place every mask into ``out`` (the assembled box, ``[x, y, z]``)."""
     if overlap not in OVERLAP_RULES:
@@ -455,8 +472,9 @@ def assemble(structures, dest=None, *, ids=None, labels=None, origins=None, over
     elif opts.resolution is None and assembly.resolution_nm is not None:
         opts = replace(opts, resolution=assembly.resolution_nm, units="nm")
     opts = replace(opts, layer_type="segmentation", labels=assembly.table, voxel_offset=assembly.offset)
-    if not opts.resume:     # refuse before the work of placing the masks
-        check_destination(open_store(dest, opts.storage if "://" in str(dest) else None), opts)
+    opts = replace(opts, source_fingerprint=assembly_fingerprint(assembly, readers, overlap, threshold))
+    # refuse before the work of placing the masks
+    check_destination(open_store(dest, opts.storage if "://" in str(dest) else None), opts)
     what = structures if isinstance(structures, (str, os.PathLike)) else f"{len(assembly.placements)} structures"
     tmp = tempfile.mkdtemp(prefix="ngconvert-assembly-")
     try:

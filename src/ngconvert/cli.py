@@ -144,7 +144,10 @@ def _add_run_args(p, overwrite: str, resume: str, quiet: str = "no progress bar"
     g.add_argument("--workers", type=int, help="worker processes (default: all cores)")
     _add_dask_args(g)
     g.add_argument("--overwrite", action="store_true", help=overwrite)
-    g.add_argument("--resume", action="store_true", help=resume)
+    g.add_argument("--resume", action="store_true", help=resume + " (idempotent: a new run when there is none, "
+                                                            "nothing to do when it is complete)")
+    g.add_argument("--break-lock", action="store_true",
+                   help="take the destination even if another run's lock is on it (only when that run is gone)")
     g.add_argument("--quiet", action="store_true", help=quiet)
     return g
 
@@ -198,7 +201,7 @@ def _convert_options(a) -> ConvertOptions:
         mesh=_mesh_options(a) if v.get("mesh") else None, sharded=a.sharded,
         shard_bytes=a.shard_size << 20 if a.shard_size else None, shard_hash=a.shard_hash,
         sharding=_sharding_json(a.sharding), scheduler=a.scheduler, dask_workers=a.dask_workers,
-        overwrite=a.overwrite, resume=a.resume, quiet=a.quiet, storage=_storage(a))
+        overwrite=a.overwrite, resume=a.resume, break_lock=a.break_lock, quiet=a.quiet, storage=_storage(a))
 
 
 def _report(a, res, what: str) -> None:
@@ -210,6 +213,9 @@ def _report(a, res, what: str) -> None:
         for s in res.plan.stages:
             print(f"stage {s.index}: levels {s.first}-{s.top} from level {s.base}, "
                   f"{res.plan.task_count(s)} task(s)")
+        return
+    if getattr(res, "already_complete", False):
+        print(f"{a.dest} is already complete (same source and options); nothing to do", file=sys.stderr)
         return
     if not a.quiet:
         extra = f", {len(res.labels_present)} labelled segments" if res.labels_present is not None else ""
@@ -409,7 +415,7 @@ def _cmd_reencode(a) -> int:
                            chunk_size=a.chunk_size, sharded=a.sharded,
                            shard_bytes=a.shard_size << 20 if a.shard_size else None, shard_hash=a.shard_hash,
                            workers=a.workers, quiet=a.quiet, overwrite=a.overwrite, resume=a.resume,
-                           storage=_storage(a), scheduler=a.scheduler, dask_workers=a.dask_workers)
+                           break_lock=a.break_lock, storage=_storage(a), scheduler=a.scheduler, dask_workers=a.dask_workers)
     res = reencode(a.source, a.dest, opts)
     if not a.quiet:
         for n in res.notes:
@@ -627,7 +633,14 @@ def _add_transfer(sub) -> None:
         p.add_argument("dest")
         p.add_argument("--skip-existing", action="store_true",
                        help="skip objects whose exact key already exists at the destination")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        g = p.add_argument_group("run")
+        g.add_argument("--overwrite", action="store_true", help="replace an existing dataset at the destination "
+                                                               "(the old one stays until the copy is complete)")
+        g.add_argument("--resume", action="store_true", help="finish an interrupted copy of the same source "
+                                                            "(idempotent)")
+        g.add_argument("--break-lock", action="store_true", help="take the destination even if another run's "
+                                                                "lock is on it (only when that run is gone)")
+        g.add_argument("--quiet", action="store_true", help="no progress bar")
         _add_storage_args(p)
 
 
@@ -637,7 +650,8 @@ def _cmd_transfer(a) -> int:
     bar = TransferBar(a.command + "ing", quiet=a.quiet)
     fn = upload if a.command == "upload" else download
     try:
-        res = fn(a.source, a.dest, _storage(a), skip_existing=a.skip_existing, progress=bar)
+        res = fn(a.source, a.dest, _storage(a), skip_existing=a.skip_existing, progress=bar, overwrite=a.overwrite,
+                 resume=a.resume, break_lock=a.break_lock)
     finally:
         bar.close()
     if not a.quiet:
@@ -711,6 +725,14 @@ COMMANDS = {"convert": _cmd_convert, "assemble": _cmd_assemble, "mesh": _cmd_mes
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ngconvert: %(message)s"))
+    root = logging.getLogger("ngconvert")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     try:
         return COMMANDS[args.command](args)
     except UserError as e:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .codecs import ENCODINGS, encoding_problem
+from .destination import (DestinationError, check_space, claim, differences, preflight, refuse_overlap)
+from .fingerprint import describe_change, fingerprint
 from .downsample import METHODS
 from .errors import UserError
 from .labels import load_table, resolve_ids
@@ -75,6 +77,8 @@ class ConvertOptions:
     sharding: dict | None = None              # an explicit sharding spec for every scale
     overwrite: bool = False
     resume: bool = False
+    break_lock: bool = False                  # take the destination's lock even if another run holds it
+    source_fingerprint: dict | None = None    # what the source is made of, when the caller made it (assembly)
     quiet: bool = False
 
 
@@ -91,6 +95,7 @@ class ConvertResult:
     warnings: list[str] = field(default_factory=list)
     labels_present: list[int] | None = None   # label ids in the written layer (with a label table)
     meshes: int | None = None                 # segments meshed (with ConvertOptions.mesh)
+    already_complete: bool = False            # resume found the same dataset complete: nothing written
 
 
 def _resolve_dtype(src_info: SourceInfo, src, opts: ConvertOptions, origin: str, say) -> str:
@@ -374,39 +379,49 @@ def _executor_for(plan: Plan, store: Store, ex):
     return ex
 
 
-def _resume_plan(store: Store, ref: SourceRef) -> Plan:
-    """The plan an interrupted run left in ``store``, pointed at a readable source."""
+def _saved_plan(store: Store, prepared: SourceRef) -> Plan | None:
+    """The plan an interrupted run left in ``store`` (its stages and tasks), pointed at the
+    prepared source; None when there is none."""
     blob = store.get(PLAN_KEY)
     if blob is None:
-        if store.exists("info"):
-            raise UserError(f"{store.url} is already complete; nothing to resume")
-        raise UserError(f"{store.url} has no interrupted conversion to resume; run without --resume")
+        return None
     plan = Plan.from_json(json.loads(blob))
-    if plan.source.origin != ref.origin and ref.kind != "array" and plan.source.origin != "array":
-        raise UserError(f"{store.url} was started from {plan.source.origin}, not {ref.origin}; "
-                        "resume with the same source")
-    plan.source = prepare(replace(ref, axes=plan.source.axes))
+    plan.source = replace(prepared, axes=plan.source.axes) if prepared.kind != "array" else prepared
     return plan
 
 
+def run_record(ref: SourceRef, layer: LayerSpec, array=None) -> dict:
+    """What a run is made of: the source's fingerprint and the resolved layer (every option
+    that changes the bytes written).  Saved at the start, compared by ``--resume``."""
+    return {"command": "convert", "source": ref.origin, "fingerprint": fingerprint(ref, array),
+            "layer": layer.to_json()}
+
+
+def check_same_run(saved: dict | None, wanted: dict, where: str) -> None:
+    """Refuse to resume (or call complete) a run made from another source or other options."""
+    if saved is None:
+        raise DestinationError(f"{where} has no record of the run that made it; pass --overwrite to make it again")
+    if saved.get("command") != wanted["command"]:
+        raise DestinationError(f"{where} was made by '{saved.get('command')}', not '{wanted['command']}'; pass "
+                               "--overwrite to replace it")
+    change = describe_change(saved.get("fingerprint") or {}, wanted["fingerprint"])
+    if saved.get("source") != wanted["source"] and wanted["source"] != "array":
+        change = f"it was made from {saved.get('source')}, not {wanted['source']}"
+    if change:
+        raise DestinationError(f"{where} was started from a source that has changed since: {change}; pass "
+                               "--overwrite to start again")
+    old, new = saved.get("layer") or {}, wanted["layer"]
+    diff = differences(old, new, sorted(set(old) | set(new)))
+    if diff:
+        raise DestinationError(f"{where} was made with other options ({'; '.join(diff[:4])}); run with the same "
+                               "options, or pass --overwrite to start again")
+
+
 def check_destination(store: Store, opts: ConvertOptions) -> bool:
-    """Refuse to write over anything unless told to, and then only over a dataset; True when
-    there is a dataset to replace."""
-    store.check_writable()
-    if store.is_empty():
-        return False
-    if not opts.overwrite:
-        raise UserError(f"destination {store.url} exists and is not empty; pass --overwrite to "
-                        "replace it (or --resume to finish an interrupted run)")
-    if not (store.exists("info") or store.exists(PLAN_KEY)):
-        raise UserError(f"destination {store.url} is not empty and holds no precomputed dataset; "
-                        "--overwrite only replaces datasets, choose a new or empty folder")
-    return True
-
-
-def _claim_destination(store: Store, opts: ConvertOptions) -> None:
-    if check_destination(store, opts):
-        store.clear()
+    """Refuse, without changing anything, what :func:`claim` would refuse (for commands
+    that prepare at length before they write); True when a dataset is there."""
+    mode = preflight(store, overwrite=opts.overwrite, resume=opts.resume)
+    return mode != "new" or not store.is_empty()
 
 
 def _new_plan(ref: SourceRef, opts: ConvertOptions, notes: list[str], workers: int | None = None) -> Plan:
@@ -423,8 +438,9 @@ def _new_plan(ref: SourceRef, opts: ConvertOptions, notes: list[str], workers: i
     return Plan(layer, prepared, src_dtype, stages)
 
 
-def _execute(plan: Plan, store: Store, opts: ConvertOptions, result: "ConvertResult", ex) -> None:
-    """Run every unfinished task, stage by stage, then write the sidecar and ``info`` last."""
+def _execute(plan: Plan, store: Store, opts: ConvertOptions, result: "ConvertResult", ex) -> bytes:
+    """Run every unfinished task, stage by stage, then write the sidecars; returns the
+    ``info`` to write last (:meth:`Claim.finish`)."""
     executor = _executor_for(plan, store, ex)
     ctx = {"store": store, "plan": plan}
     survey = plan.layer.segments is not None
@@ -479,8 +495,7 @@ def _execute(plan: Plan, store: Store, opts: ConvertOptions, result: "ConvertRes
         present = set(np.unique(np.concatenate(seen)).tolist()) if seen else set()
         result.labels_present = sorted(present - {0})
         result.warnings += write_segment_metadata(store, plan.layer, present)
-    store.put("info", dumps(plan.layer.info()), content_type="application/json")
-    store.delete_prefix(SCRATCH + "/")
+    return dumps(plan.layer.info())
 
 
 def convert(source, dest, options: ConvertOptions | None = None, dry_run: bool = False,
@@ -502,38 +517,69 @@ def convert(source, dest, options: ConvertOptions | None = None, dry_run: bool =
                 path = os.path.join(tmp, "array.npy")
                 np.save(path, source)
                 ref = SourceRef(kind="npy", path=path, origin="array", axes=opts.axes)
-                return _convert(ref, dest, opts, False, ex)
+                return _convert(ref, dest, opts, False, ex, array=source)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         return _convert(source, dest, opts, False, ex)
 
 
-def _convert(source, dest, opts: ConvertOptions, dry_run: bool, ex) -> ConvertResult:
+def source_paths(ref: SourceRef) -> list:
+    """The local files and folders a source reads (for the overlap rule)."""
+    paths = [ref.origin] if ref.origin and os.path.exists(ref.origin) else []
+    return paths + [f for f in ref.files or [] if f is not None and "://" not in f]
+
+
+def _convert(source, dest, opts: ConvertOptions, dry_run: bool, ex, array=None) -> ConvertResult:
     t0 = time.perf_counter()
     # storage options are for whichever side is a URL (the source, the destination or both)
-    store = open_store(dest, opts.storage if "://" in str(dest) and not str(dest).startswith("file://") else None)
+    target = open_store(dest, opts.storage if "://" in str(dest) and not str(dest).startswith("file://") else None)
     notes: list[str] = []
     ref = ref_for(source, opts.axes, SliceOptions(opts.order_file, opts.pad, opts.flip, opts.transpose,
                                                   opts.storage))
+    if array is None and isinstance(source, np.ndarray):
+        array = source
+    if not dry_run:
+        refuse_overlap(source_paths(ref), target)
+        preflight(target, overwrite=opts.overwrite, resume=opts.resume)   # refuse early, change nothing
+    # the whole plan is resolved (source read, every option checked) before anything is written
+    plan = _new_plan(ref, opts, notes, ex.workers)
 
-    if opts.resume and not dry_run:
-        plan = _resume_plan(store, ref)
-    else:
-        if not dry_run:
-            _claim_destination(store, opts)
-        plan = _new_plan(ref, opts, notes, ex.workers)
+    def show_notes():
         if not opts.quiet:
             for note in notes:
                 print(f"ngconvert: {note}", file=sys.stderr)
-        if dry_run:
-            release(plan.source)
-            return ConvertResult(store.url, plan.layer, plan, notes=notes)
-        # the saved plan names the user's file, not the temporary uncompressed copy
-        store.put(PLAN_KEY, dumps(replace(plan, source=ref).to_json()), content_type="application/json")
-
-    result = ConvertResult(store.url, plan.layer, plan, notes=notes)
     try:
-        _execute(plan, store, opts, result, ex)
+        if dry_run:
+            show_notes()
+            return ConvertResult(target.url, plan.layer, plan, notes=notes)
+        check_space(target, plan.estimated_bytes(), 0 if plan.layer.sharding else plan.estimated_chunks())
+        record = run_record(ref, plan.layer, array)
+        if opts.source_fingerprint is not None:
+            record["fingerprint"] = opts.source_fingerprint
+        with claim(target, overwrite=opts.overwrite, resume=opts.resume, break_lock=opts.break_lock,
+                   command="convert") as c:
+            result = ConvertResult(target.url, plan.layer, plan, notes=notes)
+            if c.mode == "complete":
+                check_same_run(c.record, record, target.url)
+                show_notes()
+                result.already_complete = True
+                result.seconds = time.perf_counter() - t0
+                return result
+            if c.mode == "resume":
+                check_same_run(c.record, record, target.url)
+                saved = _saved_plan(c.store, plan.source)
+                if saved is not None:
+                    result.plan = plan = saved
+                resume = True
+                show_notes()
+            else:
+                show_notes()
+                c.start(record)
+                # the saved plan names the user's file, not the temporary uncompressed copy
+                c.store.put(PLAN_KEY, dumps(replace(plan, source=ref).to_json()), content_type="application/json")
+                resume = False
+            info = _execute(plan, c.store, replace(opts, resume=resume), result, ex)
+            c.finish(info)
     finally:
         release(plan.source)
     if not opts.quiet:

@@ -175,6 +175,23 @@ class GCSStore(PerProcessClient, Store):
                                     retry=None, timeout=self.options.timeout)
         self._call("PUT", key, upload)
 
+    def create_exclusive(self, key, data):
+        """A conditional create (``ifGenerationMatch=0``): False when the key exists."""
+        from google.api_core.exceptions import PreconditionFailed
+
+        def upload() -> bool:
+            blob = self._bucket().blob(self._name(key))
+            try:
+                blob.upload_from_string(bytes(data), content_type=content_type_for(key), if_generation_match=0,
+                                        retry=None, timeout=self.options.timeout)
+            except PreconditionFailed:
+                return False
+            return True
+        return self._call("PUT", key, upload)
+
+    def child(self, prefix):
+        return GCSStore(f"{self.url.rstrip('/')}/{prefix.strip('/')}", self.options)
+
     def get_range(self, key, start, stop):
         from google.api_core.exceptions import NotFound
 

@@ -82,6 +82,15 @@ class Plan:
         step = tuple(c * g for c, g in zip(self.layer.chunk_size, stage.group))
         return ChunkGrid(scale.bounds, step).count
 
+    def estimated_bytes(self) -> int:
+        """Uncompressed bytes of every scale (an upper bound of what is written, near enough)."""
+        item = np.dtype(self.layer.data_type).itemsize * self.layer.num_channels
+        return sum(int(np.prod(s.bounds.shape, dtype=np.int64)) * item for s in self.scales())
+
+    def estimated_chunks(self) -> int:
+        """Chunks of every scale (files written, unsharded)."""
+        return sum(ChunkGrid(s.bounds, self.layer.chunk_size).count for s in self.scales())
+
     def footprint(self, task: Task, level: int) -> Box:
         """The region of ``level`` under a task's top-level box."""
         scales = self.scales()

@@ -20,6 +20,7 @@ from .codecs import ENCODINGS, EncodingOptions, encode_chunk, encoding_problem, 
 from .errors import UserError
 from .executors import ExecutorScope, context
 from .geometry import Box, ChunkGrid, chunk_key
+from .destination import DestinationError, claim, differences
 from .plan import CHUNK_SCRATCH, SCRATCH
 from .progress import Progress
 from .shard_tasks import plan_shard_tasks, run_shard_task, shard_done_key
@@ -50,6 +51,7 @@ class ReencodeOptions:
     quiet: bool = False
     overwrite: bool = False
     resume: bool = False
+    break_lock: bool = False
     storage: StorageOptions | None = None
     scheduler: str | None = None           # a Dask scheduler address
     dask_workers: int | None = None        # a local Dask cluster of this many processes
@@ -322,28 +324,52 @@ def _reencode(source, dest, opts: ReencodeOptions, ex) -> ReencodeResult:
         raise UserError(f"{dst.url} is {'the source itself' if a == b else 'inside or around the source'}; "
                         "write the new dataset to another place (then move it)")
 
-    if opts.resume:
-        saved = dst.get(PLAN_KEY)
-        if saved is None:
-            raise UserError(f"{dst.url} has no interrupted re-encoding to resume; run without --resume")
-        dst_info = json.loads(saved)
-    else:
-        dst.check_writable()
-        if not dst.is_empty():
-            if not opts.overwrite:
-                raise UserError(f"destination {dst.url} exists and is not empty; pass --overwrite to replace it")
-            if not (dst.exists("info") or dst.exists(PLAN_KEY)):
-                raise UserError(f"destination {dst.url} holds no precomputed dataset; choose a new or empty folder")
-            dst.clear()
-        if not changes_layout(src_info, opts) and opts.compress == "auto":
-            res = copy_dataset(src, dst, workers=opts.workers)
-            result.copied = res.copied
-            result.notes.append("nothing to re-encode: objects copied as stored")
+    import hashlib
+
+    if not changes_layout(src_info, opts) and opts.compress == "auto":
+        res = copy_dataset(src, dst, workers=opts.workers, overwrite=opts.overwrite, resume=opts.resume,
+                           break_lock=opts.break_lock)
+        result.copied = res.copied
+        result.notes.append("nothing to re-encode: objects copied as stored")
+        result.seconds = time.perf_counter() - t0
+        return result
+    dst_info = new_info(src_info, opts)        # every option resolved before the destination is touched
+    record = {"command": "reencode", "source": src.url,
+              "fingerprint": {"info_sha256": hashlib.sha256(blob).hexdigest()}, "layer": dst_info}
+    c = claim(dst, overwrite=opts.overwrite, resume=opts.resume, break_lock=opts.break_lock, command="reencode")
+    with c:
+        if c.mode in ("complete", "resume"):
+            _same_reencode(c.record, record, dst.url)
+        if c.mode == "complete":
+            result.notes.append("already complete (same source and options); nothing to do")
             result.seconds = time.perf_counter() - t0
             return result
-        dst_info = new_info(src_info, opts)
-        dst.put(PLAN_KEY, dumps(dst_info), content_type="application/json")
+        if c.mode == "new":
+            c.start(record)
+            c.store.put(PLAN_KEY, dumps(dst_info), content_type="application/json")
+        _write_reencoded(src, c, src_info, dst_info, opts, ex, result, resume=c.mode == "resume")
+    result.seconds = time.perf_counter() - t0
+    return result
 
+
+def _same_reencode(saved: dict | None, wanted: dict, where: str) -> None:
+    if saved is None:
+        raise DestinationError(f"{where} has no record of the run that made it; pass --overwrite to make it again")
+    if saved.get("command") != "reencode" or saved.get("source") != wanted["source"]:
+        raise DestinationError(f"{where} was made by {saved.get('command')} from {saved.get('source')}, not "
+                               f"re-encoded from {wanted['source']}; pass --overwrite to replace it")
+    if saved.get("fingerprint") != wanted["fingerprint"]:
+        raise DestinationError(f"{where}: the source {wanted['source']} has changed since (its info differs); "
+                               "pass --overwrite to start again")
+    diff = differences(saved.get("layer") or {}, wanted["layer"], sorted(set(saved.get("layer") or {})
+                                                                         | set(wanted["layer"])))
+    if diff:
+        raise DestinationError(f"{where} was made with other options ({'; '.join(diff[:4])}); run with the same "
+                               "options, or pass --overwrite to start again")
+
+
+def _write_reencoded(src, c, src_info, dst_info, opts, ex, result, resume: bool) -> None:
+    dst = c.store
     if ex.workers > 1 and not getattr(ex, "is_dask", False) and (
             isinstance(src, MemoryStore) or isinstance(dst, MemoryStore)):
         from .executors import ThreadExecutor
@@ -356,14 +382,14 @@ def _reencode(source, dest, opts: ReencodeOptions, ex) -> ReencodeResult:
         if "sharding" in s:
             shard_tasks += plan_shard_tasks([sc], tuple(s["chunk_sizes"][0]), [s["sharding"]])
     with Progress(len(blocks) + len(shard_tasks), "re-encoding", quiet=opts.quiet) as bar:
-        todo = [t for t in blocks if not (opts.resume and dst.exists(_done_key(t)))]
+        todo = [t for t in blocks if not (resume and dst.exists(_done_key(t)))]
         bar.update(len(blocks) - len(todo))
         for _t, n in ex.run(_run_block, todo, ctx):
             result.chunks += n
             bar.update(1)
         if shard_tasks:
             bar.phase("shards")
-            todo = [t for t in shard_tasks if not (opts.resume and dst.exists(shard_done_key(t)))]
+            todo = [t for t in shard_tasks if not (resume and dst.exists(shard_done_key(t)))]
             bar.update(len(shard_tasks) - len(todo))
             for _t, _n in ex.run(_run_shard, todo, ctx):
                 bar.update(1)
@@ -372,7 +398,4 @@ def _reencode(source, dest, opts: ReencodeOptions, ex) -> ReencodeResult:
         if raw is not None:
             dst.put(key, raw.data, content_encoding=raw.content_encoding, content_type=content_type_for(key))
             result.copied += 1
-    dst.put("info", dumps(dst_info), content_type="application/json")
-    dst.delete_prefix(SCRATCH + "/")
-    result.seconds = time.perf_counter() - t0
-    return result
+    c.finish(dumps(dst_info))

@@ -278,6 +278,24 @@ class S3Store(PerProcessClient, Store):
             args["ContentEncoding"] = content_encoding
         self._call("PUT", key, lambda: self._client().put_object(**args))
 
+    def create_exclusive(self, key, data):
+        """A conditional create (``If-None-Match: *``): False when the key exists."""
+        from botocore.exceptions import ClientError
+
+        def put() -> bool:
+            try:
+                self._client().put_object(Bucket=self.bucket, Key=self._key(key), Body=bytes(data),
+                                          ContentType=content_type_for(key), IfNoneMatch="*")
+            except ClientError as e:
+                if _status(e) in (409, 412) or _code(e) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    return False
+                raise
+            return True
+        return self._call("PUT", key, put)
+
+    def child(self, prefix):
+        return S3Store(f"{self.url.rstrip('/')}/{prefix.strip('/')}", self.options)
+
     def get_raw(self, key):
         from botocore.exceptions import ClientError
 

@@ -266,6 +266,18 @@ class Store:
         """Raise a one-line :class:`UserError` unless objects can be written here."""
         raise NotImplementedError
 
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only if it does not exist; False when it does.  Stores override
+        this with an atomic conditional create (this fallback checks, then writes)."""
+        if self.exists(key):
+            return False
+        self.put(key, data, content_type=content_type_for(key))
+        return True
+
+    def child(self, prefix: str) -> "Store":
+        """The store of the keys under ``prefix/``."""
+        raise NotImplementedError
+
     def check_readable(self) -> None:
         """Raise a one-line :class:`UserError` unless the root can be read (and listed)."""
         next(iter(self.list("")), None)
@@ -457,6 +469,20 @@ class FileStore(Store):
                 except OSError:
                     break
 
+    def create_exclusive(self, key, data):
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+
+    def child(self, prefix):
+        return FileStore(self.root / prefix.strip("/"))
+
     def check_readable(self) -> None:
         if not self.root.is_dir():
             raise UserError(f"{self.root} is not a folder; give the folder of a precomputed dataset")
@@ -495,6 +521,12 @@ class MemoryStore(Store):
 
     def check_writable(self) -> None:
         pass
+
+    def child(self, prefix):
+        children = self.__dict__.setdefault("_children", {})
+        if prefix not in children:
+            children[prefix] = MemoryStore(f"{self.url.rstrip('/')}/{prefix.strip('/')}")
+        return children[prefix]
 
 
 class ReadOnlyStore(Store):
