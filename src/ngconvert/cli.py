@@ -311,7 +311,10 @@ def _cmd_mesh(a) -> int:
     t0 = time.perf_counter()
     res = mesh_layer(a.dataset, _mesh_options(a), storage=_storage(a), workers=a.workers,
                      quiet=a.quiet, overwrite=a.overwrite, resume=a.resume, scheduler=a.scheduler,
-                     dask_workers=a.dask_workers)
+                     dask_workers=a.dask_workers, break_lock=a.break_lock)
+    if res.already_complete:
+        print(f"{a.dataset}: its meshes are already complete; nothing to do", file=sys.stderr)
+        return 0
     if not a.quiet:
         dust = f", {len(res.dust)} under --dust skipped" if res.dust else ""
         print(f"meshed {len(res.ids)} segments of {a.dataset}{dust} in {time.perf_counter() - t0:.1f} s",

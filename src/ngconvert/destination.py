@@ -231,6 +231,20 @@ def _exchange(a: Path, b: Path) -> bool:
     return rc == 0
 
 
+def exchange_folders(new: Path, dest: Path) -> None:
+    """Put the folder ``new`` at ``dest`` in one step; the old ``dest`` (if any) ends up at
+    ``new``.  Two renames where the atomic exchange is not available."""
+    new, dest = Path(new), Path(dest)
+    if not dest.exists():
+        os.rename(new, dest)
+        return
+    if not _exchange(new, dest):
+        side = dest.with_name(dest.name + ".ngconvert-old")
+        os.rename(dest, side)
+        os.rename(new, dest)
+        os.rename(side, new)
+
+
 def _swap_local(staging: FileStore, target: FileStore) -> None:
     new, dest, old = _real(staging.root), _real(target.root), _old_for(target)
     if dest.exists():
@@ -282,6 +296,25 @@ def publish(staging: Store, target: Store, workers: int | None = None) -> None:
         pass
     staging.clear()
     target.delete(PUBLISH_KEY)
+
+
+class locked:
+    """``with locked(store, command):`` the destination's lock, for commands that change a
+    dataset in place (``mesh``, ``mesh-import``)."""
+
+    def __init__(self, target: Store, command: str, break_lock: bool = False):
+        holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "command": command,
+                  "dest": target.url}
+        place, key = _lock_place(target)
+        self.lock = Lock(place, key, holder)
+        self.break_lock = break_lock
+
+    def __enter__(self):
+        self.lock.acquire(self.break_lock)
+        return self.lock
+
+    def __exit__(self, *exc):
+        self.lock.release()
 
 
 # -- the claim ---------------------------------------------------------------------------

@@ -48,8 +48,10 @@ def array_fingerprint(a: np.ndarray) -> dict:
 
 def fingerprint(ref, array: np.ndarray | None = None) -> dict:
     """The fingerprint of a source reference (see the module docstring)."""
+    if array is not None:
+        return {"array": array_fingerprint(array)}
     if ref.kind == "array":
-        return {"array": array_fingerprint(array)} if array is not None else {}
+        return {}
     if ref.kind == "slices":
         parts = []
         for f in ref.files or []:

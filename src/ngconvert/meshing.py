@@ -19,7 +19,8 @@ import io
 import itertools
 import json
 import math
-from dataclasses import asdict, dataclass, field
+import shutil
+from dataclasses import asdict, dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -339,6 +340,7 @@ def _done(stage: str, n: int) -> str:
 class MeshResult:
     ids: list[int] = field(default_factory=list)
     dust: list[int] = field(default_factory=list)
+    already_complete: bool = False      # resume found the meshes complete: nothing written
 
 
 def run_mesh_plan(store: Store, plan: MeshPlan, workers: int | None, quiet: bool, resume: bool,
@@ -464,53 +466,96 @@ def clear_mesh_scratch(store: Store) -> None:
 MESH_PLAN_KEY = ".ngconvert/mesh-plan.json"
 
 
+MESH_TARGET_KEY = ".ngconvert/mesh-target.json"
+
+
 def mesh_layer(dest, options: MeshOptions | None = None, *, storage=None, workers: int | None = None,
                quiet: bool = True, overwrite: bool = False, resume: bool = False, executor=None,
-               scheduler: str | None = None, dask_workers: int | None = None) -> MeshResult:
+               scheduler: str | None = None, dask_workers: int | None = None,
+               break_lock: bool = False) -> MeshResult:
     """Add meshes to an existing segmentation layer (``ngconvert mesh``).
 
-    The layer's ``info`` gains ``"mesh": <directory>`` once every mesh is written; an
-    interrupted run is finished with ``resume=True``."""
-    from .store import open_store
+    Meshes that replace others (``overwrite``) are written beside them and swapped in
+    when complete, so ``info`` points at a complete mesh folder at every moment: locally
+    the two folders are exchanged in one step; on object stores the new meshes go to a new
+    folder (``mesh-2``, ...), ``info`` switches to it in one write and the old folder is
+    deleted after.  An interrupted run is finished with ``resume=True`` (idempotent)."""
+    from .destination import locked
+    from .store import FileStore, open_store
 
     options = options or MeshOptions()
+    options.check()
     store = open_store(dest, storage if "://" in str(dest) else None)
     blob = store.get("info")
     if blob is None:
-        if store.exists(".ngconvert/plan.json"):
+        if store.exists(".ngconvert/plan.json") or store.exists(".ngconvert/run.json"):
             raise UserError(f"{store.url}: the conversion is not finished; finish it with --resume first")
         raise UserError(f"{store.url} has no info file; give the folder of a segmentation layer")
-    info = json.loads(blob)
-    if resume:
+    try:
+        info = json.loads(blob)
+    except ValueError as e:
+        raise UserError(f"{store.describe('info')}: not valid JSON ({e}); fix it or convert again") from None
+    if not isinstance(info, dict) or info.get("type") != "segmentation":
+        raise UserError(f"{store.url} is not a segmentation layer (info type {info.get('type') if isinstance(info, dict) else None!r}); "
+                        "meshes are made from labels")
+    with locked(store, "mesh", break_lock):
         saved = store.get(MESH_PLAN_KEY)
-        if saved is None:
-            raise UserError(f"{store.url} has no interrupted meshing to resume; run without --resume")
-        plan = MeshPlan.from_json(json.loads(saved))
-        existing: list[str] = []
-    else:
-        old = info.get("mesh")
-        existing = [d for d in {old, options.directory} if d and not store.is_empty_prefix(d + "/")]
-        if store.exists(MESH_PLAN_KEY) and not overwrite:
+        target = json.loads(store.get(MESH_TARGET_KEY) or b"null")
+        if saved is not None and resume:
+            plan = MeshPlan.from_json(json.loads(saved))
+            if target is None:                # a run of an earlier version: it wrote in place
+                target = {"work": plan.options.directory, "final": plan.options.directory, "old": None}
+            return _run_mesh_layer(store, info, plan, target, executor, workers, scheduler, dask_workers, quiet, True)
+        if saved is not None and not overwrite:
             raise UserError(f"{store.url} has an interrupted meshing run; pass --resume to finish it or "
                             "--overwrite to start again")
-        if existing and not overwrite:
-            raise UserError(f"{store.url} already has meshes in {existing[0]}/; pass --overwrite to replace them")
+        old = info.get("mesh")
+        final = options.directory
+        in_use = [d for d in dict.fromkeys([old, final]) if d and not store.is_empty_prefix(d + "/")]
+        if in_use and not overwrite:
+            if resume and old == final:
+                return MeshResult(ids=[], dust=[], already_complete=True)
+            raise UserError(f"{store.url} already has meshes in {in_use[0]}/; pass --overwrite to replace them "
+                            "(the old ones stay until the new ones are complete)")
+        if final not in in_use:
+            work = final                     # nothing there: write in place
+        elif isinstance(store, FileStore):
+            work = f"{final}.ngconvert-new"  # exchanged with the old folder at the end
+        else:
+            n = 2
+            while not store.is_empty_prefix(f"{final}-{n}/"):
+                n += 1
+            work = final = f"{final}-{n}"    # info switches to it in one write
         info.pop("mesh", None)
-        plan = None
-    with ExecutorScope(workers, executor, scheduler, dask_workers, quiet) as ex:
-        return _mesh_layer(store, info, options, plan, existing, ex, quiet, resume)
-
-
-def _mesh_layer(store, info, options, plan, existing, ex, quiet, resume) -> MeshResult:
-    if plan is None:
-        plan = plan_meshes(info, options, ex.workers)
-        for d in existing:
-            store.delete_prefix(d + "/")
         clear_mesh_scratch(store)
-        store.put(MESH_PLAN_KEY, dumps(plan.to_json()), content_type="application/json")
+        if not store.is_empty_prefix(work + "/") and work != final:
+            store.delete_prefix(work + "/")
+        target = {"work": work, "final": final, "old": old}
+        with ExecutorScope(workers, executor, scheduler, dask_workers, quiet) as ex:
+            plan = plan_meshes(info, replace(options, directory=work), ex.workers)
+            store.put(MESH_TARGET_KEY, dumps(target), content_type="application/json")
+            store.put(MESH_PLAN_KEY, dumps(plan.to_json()), content_type="application/json")
+            return _finish_mesh_layer(store, plan, target, ex, quiet, False)
+
+
+def _run_mesh_layer(store, info, plan, target, executor, workers, scheduler, dask_workers, quiet, resume):
+    with ExecutorScope(workers, executor, scheduler, dask_workers, quiet) as ex:
+        return _finish_mesh_layer(store, plan, target, ex, quiet, resume)
+
+
+def _finish_mesh_layer(store, plan: MeshPlan, target: dict, ex, quiet: bool, resume: bool) -> MeshResult:
+    from .destination import exchange_folders
+    from .store import FileStore
+
     result = run_mesh_plan(store, plan, None, quiet, resume, executor=ex)
+    work, final, old = target["work"], target["final"], target.get("old")
     info = dict(plan.info)
-    info["mesh"] = plan.options.directory
+    info["mesh"] = final
+    if work != final:                        # local: swap the complete new folder in, in one step
+        exchange_folders(store.root / work, store.root / final)
+        shutil.rmtree(store.root / work, ignore_errors=True)       # now the old meshes
     store.put("info", dumps(info), content_type="application/json")
+    if old and old != final:
+        store.delete_prefix(old + "/")       # info no longer names it
     store.delete_prefix(".ngconvert/")       # mesh scratch, the plan and temporaries: the layer is complete
     return result
