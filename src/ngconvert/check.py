@@ -503,7 +503,45 @@ def check(url, storage=None, full: bool = False, sample: int = 64) -> Report:
     if check_volume_info(info, r):
         check_chunks(store, info, r, full, sample)
     if isinstance(info.get("mesh"), str):
-        check_meshes(store, info["mesh"].strip("/"), r, full, sample)
+        directory = _join("", info["mesh"])
+        if check_reference(store, directory, "mesh", r):
+            check_meshes(store, directory, r, full, sample)
+    if isinstance(info.get("skeletons"), str):
+        directory = _join("", info["skeletons"])
+        if check_reference(store, directory, "skeletons", r):
+            check_skeleton_info(store, directory, r)
     if isinstance(info.get("segment_properties"), str):
         check_properties(store, _join("", info["segment_properties"]), r)
     return r
+
+
+def check_reference(store: Store, directory: str, field: str, r: Report) -> bool:
+    """A folder that ``info[field]`` names must exist and hold something (a dangling
+    reference makes the viewer fail on every segment); False when it does not."""
+    if not directory:
+        r.add("info", f"'{field}' names no folder")
+        return False
+    if store.exists(f"{directory}/info"):
+        return True
+    notes = len(r.notes)
+    if _listing(store, directory + "/", r) or len(r.notes) > notes:
+        # the folder is there: its info tells the viewer the format (legacy meshes included)
+        r.add(f"{directory}/info", f"missing (info names {field} in {directory}/; write the folder's info, "
+                                   "e.g. {\"@type\": \"neuroglancer_legacy_mesh\"})" if field == "mesh"
+              else f"missing (info names {field} in {directory}/)")
+        return field == "mesh"
+    r.add(f"{directory}/", f"missing or empty (info names it as '{field}')")
+    return False
+
+
+def check_skeleton_info(store: Store, directory: str, r: Report) -> None:
+    key = f"{directory}/info"
+    try:
+        obj = json.loads(store.get(key) or b"")
+    except ValueError:
+        r.add(key, "is not valid JSON")
+        return
+    if not isinstance(obj, dict) or obj.get("@type") != "neuroglancer_skeletons":
+        r.add(key, "@type is not neuroglancer_skeletons")
+        return
+    r.count("skeleton info")

@@ -346,7 +346,11 @@ def _add_mesh_import(sub) -> None:
                    help="mesh format of a new mesh folder (default legacy; an existing one keeps its format)")
     g.add_argument("--lods", type=int, default=3, help="multires levels of detail (default 3)")
     g.add_argument("--quantization-bits", type=int, default=10, choices=[10, 16])
+    g = p.add_argument_group("run")
     g.add_argument("--overwrite", action="store_true", help="replace meshes the ids already have")
+    g.add_argument("--break-lock", action="store_true", help="take the destination even if another run's "
+                                                            "lock is on it (only when that run is gone)")
+    g.add_argument("--quiet", action="store_true", help="no notes")
     _add_storage_args(p)
 
 
@@ -368,10 +372,11 @@ def _cmd_mesh_import(a) -> int:
     matrix = read_transform(a.transform) if a.transform else None
     res = import_meshes(items, a.dest, matrix=matrix, units=a.units, from_world=a.from_world, fmt=a.mesh_format,
                         labels=a.labels, overwrite=a.overwrite, storage=_storage(a), lods=a.lods,
-                        quantization_bits=a.quantization_bits)
+                        quantization_bits=a.quantization_bits, break_lock=a.break_lock)
     for w in res.warnings:
         print(f"ngconvert: warning: {w}", file=sys.stderr)
-    print(f"imported {res.files} mesh file(s) as {len(res.ids)} segment(s) into {a.dest}", file=sys.stderr)
+    if not a.quiet:
+        print(f"imported {res.files} mesh file(s) as {len(res.ids)} segment(s) into {a.dest}", file=sys.stderr)
     return 0
 
 
@@ -684,12 +689,13 @@ def _cmd_run(a) -> int:
 def _add_example(sub) -> None:
     p = sub.add_parser("example", help="write a synthetic head phantom (image + labels) as NIfTI files")
     p.add_argument("folder", help="folder to write phantom.nii.gz and phantom_labels.nii.gz into")
+    p.add_argument("--overwrite", action="store_true", help="write the example again over files already there")
 
 
 def _cmd_example(a) -> int:
     from .examples import write_example
 
-    for path in write_example(a.folder):
+    for path in write_example(a.folder, overwrite=a.overwrite):
         print(path)
     return 0
 
@@ -736,6 +742,16 @@ def main(argv=None) -> int:
     root.handlers[:] = [handler]
     root.propagate = False
     root.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    import signal
+
+    terminated = []
+
+    def on_term(signum, frame):
+        terminated.append(signum)
+        raise KeyboardInterrupt      # SIGTERM unwinds like Ctrl-C: temporaries go, markers stay
+
+    if threading_main():
+        signal.signal(signal.SIGTERM, on_term)
     try:
         return COMMANDS[args.command](args)
     except UserError as e:
@@ -744,8 +760,16 @@ def main(argv=None) -> int:
         print(f"ngconvert: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ngconvert: interrupted; run the same command with --resume to finish", file=sys.stderr)
-        return 130
+        again = " with --resume" if getattr(args, "resume", None) is not None else ""
+        print(f"ngconvert: {'terminated' if terminated else 'interrupted'}; run the same command{again} to "
+              "finish", file=sys.stderr)
+        return 143 if terminated else 130
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -428,14 +428,13 @@ def _new_plan(ref: SourceRef, opts: ConvertOptions, notes: list[str], workers: i
     prepared = prepare(ref)
     try:
         layer = resolve_layer(prepared, opts, notes)
-        src_dtype = open_source(prepared).info.dtype.name
+        src = open_source(prepared)
+        workers = workers or opts.workers or make_executor(None).workers
+        stages = plan_stages(layer, workers, task_budget(opts, src), getattr(src, "whole_slices", False))
+        return Plan(layer, prepared, src.info.dtype.name, stages)
     except BaseException:
         release(prepared)
         raise
-    workers = workers or opts.workers or make_executor(None).workers
-    src = open_source(prepared)
-    stages = plan_stages(layer, workers, task_budget(opts, src), getattr(src, "whole_slices", False))
-    return Plan(layer, prepared, src_dtype, stages)
 
 
 def _execute(plan: Plan, store: Store, opts: ConvertOptions, result: "ConvertResult", ex) -> bytes:

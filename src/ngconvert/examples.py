@@ -43,14 +43,39 @@ def phantom(shape=(192, 224, 192), seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return np.clip(image, 0, 255).astype(np.uint8), labels
 
 
-def write_example(folder) -> list[Path]:
+EXAMPLE_FILES = ("phantom.nii.gz", "phantom_labels.nii.gz", "phantom_labels.csv", "structures",
+                 "structures_origins.csv")
+
+
+def write_example(folder, overwrite: bool = False) -> list[Path]:
     """Write ``phantom.nii.gz`` (1 mm, RAS, centred), ``phantom_labels.nii.gz``, its label
     table ``phantom_labels.csv``, and the same atlas as one cropped mask per structure in
-    ``structures/`` with ``structures_origins.csv`` (the input of ``ngconvert assemble``)."""
+    ``structures/`` with ``structures_origins.csv`` (the input of ``ngconvert assemble``).
+
+    Files already there are never replaced without ``overwrite``: a folder that holds the
+    example unchanged is left as it is; one with edited or other files is refused."""
     import nibabel as nib
 
+    from .errors import UserError
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file; give a folder to write the example into")
+    present = [n for n in EXAMPLE_FILES if (folder / n).exists()]
+    if present and not overwrite:
+        if len(present) == len(EXAMPLE_FILES) and _unchanged(folder):
+            return [folder / n for n in EXAMPLE_FILES]
+        raise UserError(f"{folder} already holds {', '.join(present[:3])}{' ...' if len(present) > 3 else ''} "
+                        "(edited or not the example); pass --overwrite to write the example again, or choose "
+                        "another folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".ngconvert-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{folder}: cannot write the example there ({e.strerror or e}); choose another "
+                        "folder") from None
     image, labels = phantom()
     affine = np.eye(4)
     affine[:3, 3] = [-(n - 1) / 2 for n in image.shape]
@@ -77,4 +102,24 @@ def write_example(folder) -> list[Path]:
         origins.append(f"{name},{lo[0]},{lo[1]},{lo[2]}")
     (folder / "structures_origins.csv").write_text("\n".join(origins) + "\n")
     paths += [masks, folder / "structures_origins.csv"]
+    (folder / ".ngconvert-example").write_text(_digest(folder))
     return paths
+
+
+def _digest(folder: Path) -> str:
+    """A hash of the example's files as written (to tell an untouched example from an edited one)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in EXAMPLE_FILES:
+        p = folder / name
+        for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
+            if f.is_file():
+                h.update(f.relative_to(folder).as_posix().encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _unchanged(folder: Path) -> bool:
+    mark = folder / ".ngconvert-example"
+    return mark.is_file() and mark.read_text().strip() == _digest(folder)

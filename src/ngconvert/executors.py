@@ -147,6 +147,13 @@ class _PoolExecutor:
                         nxt = next(it, None)
                         if nxt is not None:
                             pending[pool.submit(fn, nxt)] = nxt
+            except BaseException:
+                # Ctrl-C or SIGTERM (or a failure of this loop): end the workers now rather
+                # than wait for their tasks; finished tasks keep their done markers
+                for fut in pending:
+                    fut.cancel()
+                _terminate_workers(pool)
+                raise
             finally:
                 for fut in pending:
                     fut.cancel()
@@ -154,6 +161,17 @@ class _PoolExecutor:
 
     def close(self) -> None:
         pass
+
+
+def _terminate_workers(pool) -> None:
+    processes = getattr(pool, "_processes", None) or {}
+    for proc in list(processes.values()):
+        try:
+            proc.terminate()
+        except (OSError, AttributeError, ValueError):
+            pass
+    if hasattr(pool, "shutdown"):
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _die_with_parent() -> None:
@@ -171,7 +189,11 @@ def _die_with_parent() -> None:
 
 
 def _worker_init(context: dict, parent: int) -> None:
+    import signal
+
     _die_with_parent()
+    # Ctrl-C reaches the whole process group: the parent handles it and ends the workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if os.getppid() != parent:    # the parent died before the request was made
         os._exit(1)
     _install(context)

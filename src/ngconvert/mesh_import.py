@@ -209,9 +209,21 @@ def _target(store, fmt: str | None):
     return "volume", directory, have or fmt or "legacy", info
 
 
-def import_meshes(items, dest, *, matrix=None, units: str | None = None, from_world: bool = False,
-                  fmt: str | None = None, labels=None, overwrite: bool = False, storage=None, lods: int = 3,
-                  quantization_bits: int = 10) -> ImportResult:
+def import_meshes(items, dest, *, storage=None, break_lock: bool = False, **kw) -> ImportResult:
+    """Write surface meshes as segment meshes (see :func:`_import_meshes`), holding the
+    destination's lock so that no other run writes it meanwhile."""
+    from .destination import locked
+    from .store import open_store
+
+    store = open_store(dest, storage if "://" in str(dest) else None)
+    store.check_writable()
+    with locked(store, "mesh-import", break_lock):
+        return _import_meshes(items, store, storage=storage, **kw)
+
+
+def _import_meshes(items, dest, *, matrix=None, units: str | None = None, from_world: bool = False,
+                   fmt: str | None = None, labels=None, overwrite: bool = False, storage=None, lods: int = 3,
+                   quantization_bits: int = 10) -> ImportResult:
     """Write surface meshes as segment meshes.
 
     ``items``: ``[(id, [file, ...]), ...]``; several files for one id are fragments of one

@@ -273,7 +273,7 @@ def decompress_to_temp(path: str) -> str:
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise UserError(f"{path}: cannot decompress to {tmpdir} ({e.strerror or e}); "
                         "free space in the temporary folder or set TMPDIR") from None
-    except UserError:
+    except BaseException:            # bad input, Ctrl-C or SIGTERM: no temporary copy is left
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise
     return out

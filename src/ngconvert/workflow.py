@@ -150,7 +150,6 @@ def download_ordered_slices(wf: SliceWorkflow, storage: StorageOptions, quiet: b
 
 
 def run_slice_workflow(wf: SliceWorkflow, storage: StorageOptions, quiet: bool = False, workers=None):
-    from .store import FileStore
     from .transfer import upload
 
     if wf.endpoint_url and not storage.endpoint_url:
@@ -164,18 +163,19 @@ def run_slice_workflow(wf: SliceWorkflow, storage: StorageOptions, quiet: bool =
         if not quiet:
             print(f"ngconvert: converting the folder {source} (natural order), as folder_to_convert_from "
                   "differs from folder_to_write_to", file=sys.stderr)
-    out = FileStore(wf.folder_to_convert_to)
-    finished = out.exists("info") and not out.exists(".ngconvert/plan.json")
-    if finished and not wf.overwrite:
-        if not quiet:
-            print(f"ngconvert: {wf.folder_to_convert_to} is already converted; uploading it", file=sys.stderr)
-    else:
-        opts = ConvertOptions(resolution=wf.voxel_resolution, units="nm", voxel_offset=wf.voxel_offset,
-                              layer_type="image", overwrite=finished, resume=out.exists(".ngconvert/plan.json"),
-                              quiet=quiet, workers=workers)
-        convert(source, wf.folder_to_convert_to, opts)
+    # re-running a finished workflow changes nothing: the conversion and the upload resume
+    # (a complete dataset from the same slices and options is left as it is)
+    opts = ConvertOptions(resolution=wf.voxel_resolution, units="nm", voxel_offset=wf.voxel_offset,
+                          layer_type="image", overwrite=wf.overwrite, resume=True, quiet=quiet, workers=workers)
+    converted = convert(source, wf.folder_to_convert_to, opts)
     dest = f"s3://{wf.s3_bucket_name_for_upload}/{wf.s3_dir_to_write_to.strip('/')}"
-    return upload(wf.folder_to_convert_to, dest, storage, skip_existing=not wf.overwrite)
+    uploaded = upload(wf.folder_to_convert_to, dest, storage, overwrite=wf.overwrite and not converted.already_complete,
+                      resume=True)
+    if not quiet:
+        what = "already converted" if converted.already_complete else f"converted ({converted.chunks} chunks)"
+        sent = (f"uploaded {uploaded.copied} objects" if uploaded.copied else "nothing to upload")
+        print(f"ngconvert: {wf.folder_to_convert_to}: {what}; {dest}: {sent}", file=sys.stderr)
+    return uploaded
 
 
 def run_native(obj: dict, path: str, storage: StorageOptions, quiet: bool, workers=None):
