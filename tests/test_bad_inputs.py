@@ -311,6 +311,16 @@ def _native_cfg(name, options, dest="out"):
     return setup
 
 
+def _corrupt_seg(c, w):
+    """``w/src``: the segmentation dataset with its full-resolution chunk cut in half."""
+    shutil.copytree(c / "keep_seg", w / "src")
+    scale = json.loads((w / "src" / "info").read_text())["scales"][0]["key"]
+    for chunk in (w / "src" / scale).iterdir():
+        data = chunk.read_bytes()
+        chunk.write_bytes(data[: len(data) // 2])
+    return {}, ["src"], None
+
+
 KEEP_IMG, KEEP_SEG, KEEP_MESH = _copy("keep_img"), _copy("keep_seg"), _copy("keep_mesh")
 INTERRUPTED = _copy("interrupted")
 
@@ -547,6 +557,11 @@ CASES = [
                                            "--gzip-level", "99"], KEEP_SEG),
     ("reencode-overwrite-jpeg-of-segmentation", ["reencode", "{c}/keep_seg", OUT, "--overwrite", "--encoding",
                                                  "jpeg"], KEEP_IMG),
+    ("reencode-source-corrupt-chunk", ["reencode", "{w}/src", OUT, "--encoding", "raw", "--workers", "1"],
+     _corrupt_seg),
+    ("transfer-source-corrupt-chunk", ["transfer", "{w}/src", OUT, "--chunk-size", "8,8,8", "--workers", "1"],
+     _corrupt_seg),
+    ("mesh-source-corrupt-chunk", ["mesh", "{w}/src", "--workers", "1"], _corrupt_seg),
     ("reencode-resume-nothing", ["reencode", "{c}/keep_img", OUT, "--encoding", "png", "--resume"], None),
     # ---- transfer
     ("transfer-missing-source", ["transfer", "{c}/nope", OUT], None),
