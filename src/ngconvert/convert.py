@@ -269,6 +269,9 @@ def resolve_layer(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> Lay
     offset = tuple(int(o) for o in opts.voxel_offset)
     bounds = Box(offset, tuple(o + s for o, s in zip(offset, info.shape)))
     factors = plan_factors(bounds, resolution, chunk, opts.factor, opts.max_mips)
+    if opts.mesh is not None and not 0 <= opts.mesh.scale <= len(factors):
+        raise UserError(f"--mesh-scale {opts.mesh.scale}: the layer will have scales 0..{len(factors)}; choose one "
+                        "of them")
 
     affine = info.affine if info.affine is not None else opts.affine
     world_units = info.world_units if info.affine is not None else opts.world_units

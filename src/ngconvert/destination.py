@@ -112,6 +112,26 @@ def refuse_overlap(sources, dest: Store, what: str = "source") -> None:
                                    "somewhere else (nothing was changed)")
 
 
+def refuse_nested(target: Store) -> None:
+    """Refuse a local destination inside another dataset's folder (its files would become
+    part of that dataset, and be copied and deleted with it)."""
+    if not isinstance(target, FileStore):
+        return
+    for parent in _real(target.root).parents:
+        if (parent / "info").is_file() and any((parent / n).is_file() for n in (DONE_KEY, "info")) \
+                and _looks_like_dataset(parent):
+            raise DestinationError(f"destination {target.root} is inside the dataset {parent}; write the new "
+                                   "dataset somewhere else (nothing was changed)")
+
+
+def _looks_like_dataset(folder: Path) -> bool:
+    try:
+        obj = json.loads((folder / "info").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(obj, dict) and ("scales" in obj or str(obj.get("@type", "")).startswith("neuroglancer"))
+
+
 # -- free space --------------------------------------------------------------------------
 
 def check_space(dest: Store, estimated_bytes: int, estimated_files: int) -> None:
@@ -377,6 +397,7 @@ def claim(target: Store, *, overwrite: bool = False, resume: bool = False, break
     """Take ``target`` for one run (see the module docstring).  Raise
     :class:`DestinationError` (nothing changed) when the policy refuses.  ``adopt``: the
     caller takes whatever is there as part of its result (``--skip-existing``)."""
+    refuse_nested(target)
     target.check_writable()
     holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "command": command,
               "dest": target.url}

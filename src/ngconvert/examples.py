@@ -62,6 +62,11 @@ def write_example(folder, overwrite: bool = False) -> list[Path]:
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} is a file; give a folder to write the example into")
     present = [n for n in EXAMPLE_FILES if (folder / n).exists()]
+    others = sorted(p.name for p in folder.iterdir() if p.name not in EXAMPLE_FILES + (".ngconvert-example",)) \
+        if folder.is_dir() else []
+    if others and not overwrite:
+        raise UserError(f"{folder} is not empty (it holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}); "
+                        "choose a new or empty folder for the example")
     if present and not overwrite:
         if len(present) == len(EXAMPLE_FILES) and _unchanged(folder):
             return [folder / n for n in EXAMPLE_FILES]

@@ -189,6 +189,8 @@ class NpySource(VolumeSource):
         self.path, self.axes, self.origin = path, axes, origin
         try:   # the header only: the map is dropped straight away
             mm = np.load(path, mmap_mode="r", allow_pickle=False)
+        except EOFError:
+            raise UserError(f"{origin}: the .npy file is empty; save the array again with numpy.save") from None
         except (ValueError, OSError) as e:
             text = _one_line(e)
             hint = ("it is truncated, save or copy it again" if "larger than" in text or "mmap length" in text
