@@ -331,12 +331,20 @@ def dask_executor(scheduler: str | None = None, workers: int | None = None, quie
     return ex
 
 
+def check_worker_counts(workers=None, dask_workers=None) -> None:
+    """``--workers``/``--dask-workers`` must be 1 or more (``None``: the default)."""
+    for flag, n in (("--workers", workers), ("--dask-workers", dask_workers)):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise UserError(f"{flag} {n}: give 1 or more worker processes")
+
+
 class ExecutorScope:
     """``with ExecutorScope(workers, executor, scheduler, dask_workers) as ex``: the executor a
     command asked for, closed (a local Dask cluster shut down) at the end."""
 
     def __init__(self, workers: int | None = None, executor=None, scheduler: str | None = None,
                  dask_workers: int | None = None, quiet: bool = False):
+        check_worker_counts(workers, dask_workers)
         self.args = (workers, executor, scheduler, dask_workers, quiet)
         self.ex = None
 

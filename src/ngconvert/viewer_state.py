@@ -52,12 +52,9 @@ def _json(store: Store, key: str):
 
 def load_dataset(store: Store, name: str, source: str, read_range: bool = True) -> Dataset:
     """Read what the state needs from a dataset on any store."""
-    info = _json(store, "info")
-    if info is None:
-        raise UserError(f"{store.url} has no info file; give the folder or URL of a precomputed dataset")
-    if info.get("@type", "neuroglancer_multiscale_volume") != "neuroglancer_multiscale_volume" or \
-            "scales" not in info:
-        raise UserError(f"{store.url} is not a precomputed volume (info @type {info.get('@type')!r})")
+    from .stats import read_info_checked
+
+    info = read_info_checked(store)
     ds = Dataset(name, source, info, _json(store, "transform.json"))
     if ds.kind == "segmentation":
         colors = _json(store, "segment_colors.json") or {}

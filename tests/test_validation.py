@@ -1,0 +1,212 @@
+"""Bad input gives one line on stderr naming the value and the fix, exit status 2, no traceback."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import one_line_error, read_tensorstore, run
+
+
+@pytest.fixture
+def npy(tmp):
+    path = tmp / "v.npy"
+    np.save(path, (np.arange(16 * 16 * 16) % 251).astype(np.uint8).reshape(16, 16, 16))
+    return path
+
+
+@pytest.fixture
+def dataset(tmp):
+    from ngconvert import write_volume
+
+    a = (np.arange(16 * 16 * 16) % 251).astype(np.uint8).reshape(16, 16, 16)
+    write_volume(a, str(tmp / "ds"), layer_type="image", workers=1)
+    return tmp / "ds"
+
+
+# ------------------------------------------------------------- 4: damaged info
+
+
+@pytest.mark.parametrize("damage", ["json", "type"])
+@pytest.mark.parametrize("command", ["stats", "url", "view", "mesh", "transfer", "reencode"])
+def test_damaged_info_is_one_line_for_every_command(tmp, dataset, command, damage):
+    info = json.loads((dataset / "info").read_text())
+    if damage == "json":
+        (dataset / "info").write_text("{not json")
+    else:
+        info["scales"][0]["size"] = "abc"
+        (dataset / "info").write_text(json.dumps(info))
+    args = {"stats": ["stats", dataset], "url": ["url", dataset, "--base-url", "http://x/"],
+            "view": ["view", dataset, "--no-browser", "--port", "0"], "mesh": ["mesh", dataset],
+            "transfer": ["transfer", dataset, tmp / "copy"],
+            "reencode": ["reencode", dataset, tmp / "copy", "--encoding", "raw"]}[command]
+    line = one_line_error(run(*args))
+    assert f"{dataset}/info: " in line and "fix it or re-run the conversion" in line
+    assert ("not valid JSON" in line) if damage == "json" else ("size 'abc'" in line)
+    assert not (tmp / "copy").exists()
+
+
+# ------------------------------------------------------------- 11, 21: codec values and counts
+
+
+@pytest.mark.parametrize("command", ["reencode", "transfer"])
+@pytest.mark.parametrize("flag,value,says", [("--jpeg-quality", "900", "0 to 100"), ("--gzip-level", "99", "1 (fastest)"),
+                                             ("--png-level", "20", "0 to 9"), ("--shard-size", "0", "1 MB"),
+                                             ("--workers", "0", "1 or more"), ("--dask-workers", "0", "1 or more")])
+def test_reencode_values_checked_before_writing(tmp, dataset, command, flag, value, says):
+    line = one_line_error(run(command, dataset, tmp / "out", "--encoding", "raw", flag, value))
+    assert f"{flag} {value}" in line and says in line
+    assert not (tmp / "out").exists()
+
+
+@pytest.mark.parametrize("flags,says", [
+    (["--shard-size", "0", "--sharded"], "--shard-size 0"), (["--dask-workers", "0"], "--dask-workers 0"),
+    (["--workers", "0"], "--workers 0"), (["--lods", "0", "--mesh"], "--lods 0"),
+    (["--task-memory", "0"], "--task-memory 0"), (["--max-mips", "-1"], "--max-mips -1"),
+    (["--gzip-level", "0"], "--gzip-level 0"), (["--flip", "w"], "--flip w")])
+def test_convert_counts_checked(tmp, npy, flags, says):
+    line = one_line_error(run("convert", npy, tmp / "out", *flags))
+    assert says in line
+    assert not (tmp / "out").exists()
+
+
+def test_mesh_and_check_counts(tmp, dataset):
+    assert "--lods 0" in one_line_error(run("mesh", dataset, "--format", "multires", "--lods", "0"))
+    assert "--workers 0" in one_line_error(run("mesh", dataset, "--workers", "0"))
+    assert "--sample 0" in one_line_error(run("check", dataset, "--sample", "0"))
+
+
+# ------------------------------------------------------------- 9, 12, 13: plan limits and values
+
+
+def test_too_many_chunks_refused_unless_forced(tmp):
+    path = tmp / "big.npy"
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(256, 256, 256)).flush()
+    line = one_line_error(run("convert", path, tmp / "out", "--chunk-size", "1,1,1", "--dry-run"))
+    assert "16777216 chunks" in line and "2000000" in line and "larger --chunk-size" in line
+    p = run("convert", path, tmp / "out", "--chunk-size", "1,1,1", "--dry-run", "--force-chunks", "--max-mips", "0")
+    assert p.returncode == 0, p.stderr
+
+
+def test_huge_offset_refused_before_writing(tmp, npy):
+    line = one_line_error(run("convert", npy, tmp / "out", "--offset", f"{2 ** 63 - 1},0,0"))
+    assert str(2 ** 63 - 1) in line and "2^40" in line
+    assert not (tmp / "out").exists()
+    line = one_line_error(run("convert", npy, tmp / "out", "--offset", f"{2 ** 40 - 4},0,0"))
+    assert "would end at" in line
+
+
+def test_float32_overflow_refused(tmp):
+    path = tmp / "f.npy"
+    a = np.ones((8, 8, 8))
+    a[3, 4, 5] = 1e300
+    a[0, 0, 0] = np.nan
+    np.save(path, a)
+    line = one_line_error(run("convert", path, tmp / "out", "--dtype", "float32"))
+    assert "1e+300 do not fit float32" in line
+    assert not (tmp / "out").exists()
+
+
+# ------------------------------------------------------------- 10: --flip/--transpose for every source
+
+
+def _oriented(a, flip, transpose):
+    out = a.swapaxes(0, 1) if transpose else a
+    for k, axis in enumerate("xyz"):
+        if axis in flip:
+            out = np.flip(out, k)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["npy", "nii"])
+@pytest.mark.parametrize("flip,transpose", [("x", False), ("y,z", False), ("", True), ("x,z", True)])
+def test_flip_and_transpose_every_source(tmp, kind, flip, transpose):
+    import nibabel as nib
+
+    a = np.random.default_rng(0).integers(0, 200, (20, 24, 28)).astype(np.uint8)
+    affine = np.array([[0.5, 0, 0, -3], [0, 0.7, 0, 4], [0, 0, 1.1, 5], [0, 0, 0, 1]])
+    path = tmp / f"v.{kind}"
+    if kind == "npy":
+        np.save(path, a)
+    else:
+        img = nib.Nifti1Image(a, affine)
+        img.header.set_xyzt_units("mm")
+        nib.save(img, str(path))
+    args = ["convert", path, tmp / "out", "--quiet", "--type", "image", "--compress", "none",
+            "--chunk-size", "8,8,8"] + (["--flip", flip] if flip else []) + (["--transpose"] if transpose else [])
+    run(*args, check=0)
+    expected = _oriented(a, flip, transpose)
+    assert np.array_equal(read_tensorstore(tmp / "out", 0)[..., 0], expected)
+    if kind == "nii":
+        info = json.loads((tmp / "out" / "info").read_text())
+        res = info["scales"][0]["resolution"]
+        want = [7e5, 5e5, 1.1e6] if transpose else [5e5, 7e5, 1.1e6]
+        assert np.allclose(res, want)
+        t = np.array(json.loads((tmp / "out" / "transform.json").read_text())["voxel_to_world"])
+        n = expected.shape
+        for j in [(0, 0, 0), (3, 5, 7), (n[0] - 1, 2, n[2] - 1)]:
+            i = [n[k] - 1 - j[k] if axis in flip else j[k] for k, axis in enumerate("xyz")]
+            if transpose:
+                i[0], i[1] = i[1], i[0]
+            # the voxel shows the same value and sits at the same world position as before
+            assert expected[j] == a[tuple(i)]
+            assert np.allclose(t @ [*j, 1], affine @ [*i, 1])
+
+
+def test_flip_of_an_array_through_the_python_api(tmp):
+    from ngconvert import write_volume
+
+    a = np.random.default_rng(1).integers(0, 200, (9, 10, 11)).astype(np.uint8)
+    write_volume(a, str(tmp / "out"), layer_type="image", flip="y", transpose=True, compress="none", workers=1)
+    assert np.array_equal(read_tensorstore(tmp / "out", 0)[..., 0], _oriented(a, "y", True))
+
+
+# ------------------------------------------------------------- 5, 18: ports and the nginx config
+
+
+@pytest.mark.parametrize("args,says", [
+    (["serve", ".", "--port", "70000"], "--port 70000"), (["serve", ".", "--port", "-1"], "--port -1"),
+    (["view", ".", "--port", "65536", "--no-browser"], "--port 65536"),
+    (["hosting", "nginx", ".", "--listen", "0"], "--listen 0"),
+    (["hosting", "nginx", ".", "--listen", "70000"], "--listen 70000")])
+def test_ports_out_of_range(args, says):
+    line = one_line_error(run(*args))
+    assert says in line and "65535" in line
+
+
+@pytest.mark.parametrize("flag,value", [("--server-name", "x; include /etc/passwd;"), ("--server-name", "a{b}"),
+                                        ("--location", "/a; include x"), ("--location", "/a b")])
+def test_nginx_names_validated(tmp, flag, value):
+    line = one_line_error(run("hosting", "nginx", tmp, flag, value))
+    assert flag in line and repr(value) in line
+
+
+@pytest.mark.parametrize("location", ["/", "/data"])
+def test_nginx_config_with_a_spaced_folder_passes_nginx_t(tmp, location):
+    import shutil
+    import subprocess
+
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    folder = tmp / 'my data "v1"; x'
+    folder.mkdir()
+    p = run("hosting", "nginx", folder, "--server-name", "example.org *.example.org", "--location", location,
+            "--listen", "8089", check=0)
+    assert f'"{str(folder)}'.replace('"v1"', '\\"v1\\"') in p.stdout
+    if not os.path.exists(nginx):
+        pytest.skip("no nginx here")
+    run_dir = tmp / "run"
+    run_dir.mkdir()
+    temps = " ".join(f"{k}_temp_path {run_dir}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    conf = run_dir / "nginx.conf"
+    conf.write_text(f"worker_processes 1;\nerror_log {run_dir}/error.log;\npid {run_dir}/nginx.pid;\n"
+                    f"events {{ worker_connections 8; }}\nhttp {{\n access_log off;\n {temps}\n{p.stdout}\n}}\n")
+    t = subprocess.run([nginx, "-t", "-p", str(run_dir), "-c", str(conf)], capture_output=True, text=True)
+    assert t.returncode == 0, t.stderr
+
+
+def test_nginx_folder_with_dollar_refused(tmp):
+    folder = tmp / "a$b"
+    folder.mkdir()
+    assert "'$'" in one_line_error(run("hosting", "nginx", folder))
