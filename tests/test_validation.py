@@ -210,3 +210,96 @@ def test_nginx_folder_with_dollar_refused(tmp):
     folder = tmp / "a$b"
     folder.mkdir()
     assert "'$'" in one_line_error(run("hosting", "nginx", folder))
+
+
+# ------------------------------------------------------------- 3, 16: assemble origins and threshold
+
+
+@pytest.fixture
+def masks(tmp):
+    folder = tmp / "masks"
+    folder.mkdir()
+    np.save(folder / "Brain.npy", np.ones((4, 4, 4), np.uint8))
+    np.save(folder / "Cortex.npy", np.ones((3, 3, 3), np.uint8))
+    return folder
+
+
+@pytest.mark.parametrize("text,says", [
+    ("name,x,y,z\nBrain,1,x,3\nCortex,0,0,0\n", ":2: 'x' is not a number"),
+    ("Brain,100000000,0,0\nCortex,0,0,0\n", "Brain is at origin 100000000,0,0"),
+    ("Brain,-100000000,0,0\nCortex,0,0,0\n", "Brain is at origin -100000000,0,0"),
+    ("Brain,1e10,0,0\nCortex,0,0,0\n", "Brain at origin 10000000000,0,0 is beyond"),
+    ("Brain,0,0,0\nCortex,3000000000,0,0\n", "Cortex at origin 3000000000,0,0 is beyond")])
+def test_assemble_bad_origins(tmp, masks, text, says):
+    (tmp / "o.csv").write_text(text)
+    line = one_line_error(run("assemble", masks, tmp / "out", "--origins", tmp / "o.csv"))
+    assert says in line and str(tmp / "o.csv") in line
+    assert not (tmp / "out").exists()
+
+
+def test_assemble_sparse_box_allowed_when_forced(tmp, masks, monkeypatch):
+    import importlib
+
+    asm = importlib.import_module("ngconvert.assemble")
+    from ngconvert.errors import UserError
+
+    (tmp / "o.csv").write_text("Brain,0,0,0\nCortex,200000,0,0\n")     # 3.2 M voxels of mostly nothing
+    monkeypatch.setattr(asm, "SPARSE_VOXELS", 1000)
+    with pytest.raises(UserError, match="over 1000 times their own 91.*Cortex is at origin 200000,0,0"):
+        asm.plan_assembly(str(masks), origins=str(tmp / "o.csv"))
+    assembly, _readers = asm.plan_assembly(str(masks), origins=str(tmp / "o.csv"), max_voxels=None)
+    assert assembly.shape == (200003, 4, 4)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8-sig", "utf-16-be"])
+def test_assemble_origins_with_a_bom(tmp, masks, encoding):
+    text = "name,x,y,z\nBrain,1,2,3\nCortex,0,0,0\n"
+    data = text.encode(encoding) if encoding != "utf-16-be" else b"\xfe\xff" + text.encode("utf-16-be")
+    (tmp / "o.csv").write_bytes(data)
+    run("assemble", masks, tmp / "out", "--origins", tmp / "o.csv", "--quiet", check=0)
+    info = json.loads((tmp / "out" / "info").read_text())
+    assert info["scales"][0]["size"] == [5, 6, 7]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_assemble_threshold_must_be_finite(tmp, masks, value):
+    line = one_line_error(run("assemble", masks, tmp / "out", f"--threshold={value}"))
+    assert f"--threshold {value}" in line and "finite" in line
+
+
+# ------------------------------------------------------------- 2, 8: order files
+
+
+@pytest.fixture
+def slices(tmp):
+    from PIL import Image
+
+    folder = tmp / "slices"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((5, 6), 40 * i + 10, np.uint8)).save(folder / f"s{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le-bom", "utf-8-sig", "utf-32"])
+def test_order_file_with_a_bom_is_read(tmp, slices, encoding):
+    text = "s2.png 0\ns0.png 1\ns1.png 2\n"
+    data = (b"\xff\xfe" + text.encode("utf-16-le")) if encoding == "utf-16-le-bom" else text.encode(encoding)
+    (tmp / "order.txt").write_bytes(data)
+    run("convert", slices, tmp / "out", "--order", tmp / "order.txt", "--quiet", "--compress", "none",
+        "--type", "image", check=0)
+    got = read_tensorstore(tmp / "out", 0)[..., 0]
+    assert got[0, 0].tolist() == [90, 10, 50]
+
+
+def test_order_file_utf16_without_bom_is_one_line(tmp, slices):
+    (tmp / "order.txt").write_bytes("s2.png 0\n".encode("utf-16-le"))
+    line = one_line_error(run("convert", slices, tmp / "out", "--order", tmp / "order.txt"))
+    assert "order.txt" in line and "UTF-8" in line
+
+
+def test_order_file_far_z_refused(tmp, slices):
+    (tmp / "order.txt").write_text("s0.png 0\ns1.png 100000000\n")
+    p = run("convert", slices, tmp / "out", "--order", tmp / "order.txt", "--dry-run")
+    line = one_line_error(p)
+    assert f"{tmp / 'order.txt'}:2: z index 100000000" in line and "limit of 1000" in line

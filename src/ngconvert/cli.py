@@ -255,6 +255,8 @@ def _add_assemble(sub) -> None:
     g.add_argument("--threshold", type=float, default=0.0, help="a voxel is inside when its value exceeds "
                                                                  "this (default 0)")
     g.add_argument("--axes", default="xyz", help="axis order of .npy masks, e.g. zyx (default xyz)")
+    g.add_argument("--force-size", action="store_true",
+                   help="assemble even when the structures span more than 2^31 voxels (far-apart origins)")
     _add_segment_args(p)
     g = p.add_argument_group("physical space")
     g.add_argument("--resolution", type=_vec(float, "--resolution"),
@@ -269,14 +271,14 @@ def _add_assemble(sub) -> None:
 def _cmd_assemble(a) -> int:
     from dataclasses import replace
 
-    from .assemble import assemble
+    from .assemble import MAX_VOXELS, assemble
 
     if a.dry_run:
         raise UserError("--dry-run is not available for assemble; run it on a new folder")
     opts = replace(_convert_options(a), labels=None)
     asm = assemble(a.structures if len(a.structures) > 1 else a.structures[0], a.dest, ids=a.ids,
                    labels=a.labels, origins=a.origins, overlap=a.overlap, threshold=a.threshold, axes=a.axes,
-                   options=opts)
+                   options=opts, max_voxels=None if a.force_size else MAX_VOXELS)
     if not a.quiet:
         for n in asm.notes:
             print(f"ngconvert: {n}", file=sys.stderr)

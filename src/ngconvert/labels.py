@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, read_text_file
 
 Color = tuple[int, int, int]
 
@@ -323,6 +323,8 @@ def _read_text(path) -> str:
         raw = p.read_bytes()
     except OSError as e:
         raise UserError(f"{path}: cannot read the label table ({e.strerror}); check permissions") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):   # UTF-16/32 with a byte-order mark
+        return read_text_file(path, "label table")
     if b"\x00" in raw[:4096]:
         raise UserError(f"{path}: not a text file; give a CSV, TSV, JSON or LUT label table")
     for enc in ("utf-8-sig", "latin-1"):

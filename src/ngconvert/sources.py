@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, read_text_file
 from .geometry import Box
 
 # in-memory arrays handed to the Python API, reachable by id from forked workers
@@ -524,11 +524,7 @@ def _slice_ref(files: list[str], origin: str, opts: SliceOptions, local: bool = 
     if opts.order_file:
         from .slices import match_order, parse_order
 
-        try:
-            with open(opts.order_file, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise UserError(f"{opts.order_file}: cannot read the order file ({e.strerror or e})") from None
+        text = read_text_file(opts.order_file, "order file")
         ordered = match_order(parse_order(text, opts.order_file), [f for f in files if f is not None],
                               opts.order_file)
     for f in ordered if local else ():

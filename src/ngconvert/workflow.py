@@ -37,7 +37,7 @@ import sys
 from dataclasses import dataclass
 
 from .convert import ConvertOptions, convert
-from .errors import UserError
+from .errors import UserError, read_text_file
 from .slices import parse_order
 from .store import StorageOptions, open_store
 
@@ -111,8 +111,7 @@ def _safe_name(z: int, name: str, ext: str) -> str:
 def download_ordered_slices(wf: SliceWorkflow, storage: StorageOptions, quiet: bool) -> list[str | None]:
     """Download the slices the order file names; return the local file of each z."""
     try:
-        with open(wf.sorted_filename, encoding="utf-8") as f:
-            order = parse_order(f.read(), wf.sorted_filename)
+        order = parse_order(read_text_file(wf.sorted_filename, "order file"), wf.sorted_filename)
     except OSError as e:
         raise UserError(f"{wf.sorted_filename}: cannot read the order file ({e.strerror or e})") from None
     src = open_store(f"s3://{wf.s3_bucket_name_for_download}", storage)
