@@ -303,3 +303,151 @@ def test_order_file_far_z_refused(tmp, slices):
     p = run("convert", slices, tmp / "out", "--order", tmp / "order.txt", "--dry-run")
     line = one_line_error(p)
     assert f"{tmp / 'order.txt'}:2: z index 100000000" in line and "limit of 1000" in line
+
+
+# ------------------------------------------------------------- 7: run CONFIG.json
+
+
+@pytest.mark.parametrize("option,says", [
+    ('"resolution": "abc"', 'options.resolution is "abc"; give a list of 3 numbers or null'),
+    ('"workers": "2"', 'options.workers is "2"; give an integer or null'),
+    ('"chunk_size": [1, 2]', "options.chunk_size is [1, 2]; give a list of 3 integers or null"),
+    ('"overwrite": "yes"', 'options.overwrite is "yes"; give true or false'),
+    ('"gzip_level": 1.5', "options.gzip_level is 1.5; give an integer"),
+    ('"mesh": {"lods": "3"}', 'options.mesh.lods is "3"; give an integer')])
+def test_run_config_option_types(tmp, npy, option, says):
+    cfg = tmp / "c.json"
+    cfg.write_text(f'{{"source": "{npy}", "dest": "{tmp / "out"}", "options": {{{option}}}}}')
+    line = one_line_error(run("run", cfg))
+    assert str(cfg) in line and says in line
+    assert not (tmp / "out").exists()
+
+
+def test_run_config_paths_are_beside_the_config(tmp, npy):
+    folder = tmp / "project"
+    folder.mkdir()
+    os.replace(npy, folder / "v.npy")
+    (folder / "labels.csv").write_text("id,name\n1,One\n")
+    (folder / "c.json").write_text('{"source": "v.npy", "dest": "out", "options": {"labels": "labels.csv", '
+                                   '"chunk_size": [8, 8, 8], "quiet": true}}')
+    elsewhere = tmp / "elsewhere"
+    elsewhere.mkdir()
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "ngconvert", "run", str(folder / "c.json")], cwd=elsewhere,
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                           [os.path.join(os.path.dirname(__file__), "..", "src"), os.environ.get("PYTHONPATH", "")])})
+    assert p.returncode == 0, p.stderr
+    assert (folder / "out" / "info").exists() and not (elsewhere / "out").exists()
+    assert json.loads((folder / "out" / "info").read_text())["scales"][0]["chunk_sizes"] == [[8, 8, 8]]
+
+
+# ------------------------------------------------------------- 1, 6, 20: paths
+
+
+def test_example_into_a_file_or_under_a_file(tmp):
+    (tmp / "f").write_text("x")
+    assert "exists and is not a folder" in one_line_error(run("example", tmp / "f"))
+    line = one_line_error(run("example", tmp / "f" / "sub"))
+    assert str(tmp / "f" / "sub") in line and "Not a directory" in line
+
+
+def test_example_into_a_read_only_folder(tmp):
+    ro = tmp / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as root: a read-only folder is writable anyway")
+        line = one_line_error(run("example", ro / "x"))
+        assert "cannot write the example" in line and "Permission denied" in line
+    finally:
+        ro.chmod(0o755)
+
+
+@pytest.mark.parametrize("where", ["dest-parent", "dest", "source", "example", "stats"])
+def test_name_too_long(tmp, npy, where):
+    long = "a" * 300
+    args = {"dest-parent": ["convert", npy, tmp / long / "x"], "dest": ["convert", npy, tmp / long],
+            "source": ["convert", tmp / f"{long}.npy", tmp / "out"], "example": ["example", tmp / long],
+            "stats": ["stats", tmp / long]}[where]
+    line = one_line_error(run(*args))
+    assert "is 30" in line and "at most 255" in line
+
+
+@pytest.mark.parametrize("args,what", [(["convert", "", "OUT"], "source"), (["convert", "NPY", ""], "folder"),
+                                        (["transfer", "DS", ""], "folder"), (["upload", "", "OUT"], "folder"),
+                                        (["stats", ""], "folder"), (["example", ""], "example folder")])
+def test_empty_paths(tmp, npy, dataset, args, what):
+    subst = {"OUT": tmp / "out", "NPY": npy, "DS": dataset}
+    line = one_line_error(run(*[subst.get(a, a) for a in args]))
+    assert f"the {what} path is empty ('')" in line
+
+
+# ------------------------------------------------------------- 14: advice names only flags the command has
+
+
+@pytest.mark.parametrize("argv,has,lacks", [
+    (["upload", "a", "b"], "--skip-existing", "--resume"), (["download", "a", "b"], "--skip-existing", "--resume"),
+    (["check", "a"], "again", "--resume"), (["convert", "a", "b"], "--resume", "--skip-existing"),
+    (["run", "c.json"], '"resume": true', "--resume")])
+def test_interrupt_and_task_failure_advice_fits_the_command(argv, has, lacks):
+    from ngconvert.cli import _continue_advice, _fit_advice, build_parser
+    from ngconvert.executors import TasksFailed
+
+    args = build_parser().parse_args(argv)
+    advice = _continue_advice(args)
+    failed = _fit_advice(args, str(TasksFailed([("t", RuntimeError("boom"))])))
+    assert lacks not in advice and lacks not in failed
+    assert has in (failed if argv[0] == "run" else advice)
+    assert "boom" in failed
+    p = run("upload", "/nonexistent-folder-xyz", "/tmp/never-written-xyz")
+    assert "--resume" not in p.stderr
+
+
+# ------------------------------------------------------------- 15, 17, 19: ids, colours, viewer URL
+
+
+@pytest.fixture
+def obj_mesh(tmp):
+    path = tmp / "tetra.obj"
+    path.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 2 3\nf 1 2 4\nf 1 3 4\nf 2 3 4\n")
+    return path
+
+
+@pytest.mark.parametrize("value", [str(2 ** 64), "-3", "0"])
+def test_mesh_import_id_out_of_range(tmp, obj_mesh, value):
+    line = one_line_error(run("mesh-import", obj_mesh, tmp / "out", f"--id={value}"))
+    assert f"segment id {value}" in line and str(2 ** 64 - 1) in line
+    (tmp / "ids.csv").write_text(f"id,file\n{value},{obj_mesh}\n")
+    line = one_line_error(run("mesh-import", tmp / "out", "--ids", tmp / "ids.csv"))
+    assert str(tmp / "ids.csv") + ":2" in line and value in line
+    assert not (tmp / "out").exists()
+
+
+@pytest.mark.parametrize("name,text,says", [
+    ("t.csv", "id,name,color\n1,Brain,300\n", ":2: colour '300' is one number"),
+    ("t.tsv", "id\tname\tcolor\n1\tBrain\t300,0,0\n", ":2: colour '300,0,0': component 300 is not a whole number 0-255"),
+    ("t.csv", "id,name,r,g,b\n1,Brain,0,256,0\n", "component 256"),
+    ("lut.txt", "1 Brain 300 0 0 0\n", ":1: colour '300,0,0': component 300"),
+    ("t.json", '{"1": {"name": "a", "color": [0, 0, 300]}}', "component 300")])
+def test_colour_components_out_of_range(tmp, npy, name, text, says):
+    (tmp / name).write_text(text)
+    line = one_line_error(run("convert", npy, tmp / "out", "--labels", tmp / name, "--dry-run"))
+    assert str(tmp / name) in line and says in line
+
+
+def test_colour_hex_shorthand_still_read():
+    from ngconvert.labels import parse_color
+
+    assert parse_color("#300") == (0x33, 0, 0) and parse_color("fff") == (255, 255, 255)
+    assert parse_color("300,0,0".replace("300", "200")) == (200, 0, 0)
+
+
+@pytest.mark.parametrize("flag,value", [("--viewer", "not a url"), ("--viewer", "ftp://host"),
+                                        ("--viewer", "https://"), ("--base-url", "data/atlas")])
+def test_url_needs_http_urls(dataset, flag, value):
+    args = ["url", dataset, "--base-url", "http://h/a"] if flag == "--viewer" else ["url", dataset]
+    line = one_line_error(run(*args, flag, value))
+    assert f"{flag} {value!r}" in line and "http://" in line

@@ -550,8 +550,11 @@ def _cmd_view(a) -> int:
 
 def _cmd_url(a) -> int:
     from .store import FileStore
-    from .viewer_state import build_state, load_dataset, source_for, state_url
+    from .viewer_state import build_state, check_http_url, load_dataset, source_for, state_url
 
+    check_http_url(a.viewer)
+    for base in a.base_url:
+        check_http_url(base, "--base-url")
     storage = _storage(a)
     local = [d for d in a.datasets if "://" not in d]
     if len(a.base_url) != len(local):
@@ -683,9 +686,19 @@ def _add_example(sub) -> None:
 
 
 def _cmd_example(a) -> int:
+    from .errors import check_local_path
     from .examples import write_example
 
-    for path in write_example(a.folder):
+    folder = check_local_path(a.folder, "example folder")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{folder}: exists and is not a folder; give a new or existing folder for the example")
+    try:
+        paths = write_example(folder)
+    except OSError as e:
+        where = e.filename or folder
+        raise UserError(f"{where}: cannot write the example ({e.strerror or e}); choose a folder you can "
+                        "write to") from None
+    for path in paths:
         print(path)
     return 0
 
@@ -729,11 +742,32 @@ def main(argv=None) -> int:
     except UserError as e:
         if args.debug:
             raise
-        print(f"ngconvert: error: {e}", file=sys.stderr)
+        print(f"ngconvert: error: {_fit_advice(args, str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ngconvert: interrupted; run the same command with --resume to finish", file=sys.stderr)
+        print(f"ngconvert: interrupted; {_continue_advice(args)}", file=sys.stderr)
         return 130
+
+
+def _fit_advice(args, message: str) -> str:
+    """A library message with advice to run "with --resume", for a command without --resume."""
+    if "--resume" not in message or hasattr(args, "resume"):
+        return message
+    if args.command == "run":
+        advice = ("run it again with \"resume\": true in the config's options (the slice workflow form "
+                  "resumes by itself)")
+    else:
+        advice = _continue_advice(args)
+    return message.replace("run the same command with --resume", advice)
+
+
+def _continue_advice(args) -> str:
+    """How to finish an interrupted command, naming only flags the command has."""
+    if hasattr(args, "resume") and not getattr(args, "split", False):
+        return "run the same command with --resume to finish"
+    if hasattr(args, "skip_existing"):
+        return "run the same command with --skip-existing to copy only what is missing"
+    return "run the same command again"
 
 
 if __name__ == "__main__":

@@ -42,3 +42,29 @@ def read_text_file(path, what: str = "file") -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
+
+
+NAME_MAX = 255          # bytes of one file or folder name on common file systems (ext4, XFS, APFS, NTFS)
+PATH_MAX = 4096
+
+
+def check_local_path(path, what: str = "path") -> str:
+    """``path`` as a string, refused in one line when it is empty or has a name longer than
+    the file system allows (ENAMETOOLONG otherwise surfaces later as a traceback)."""
+    import os
+
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if text.strip() == "":
+        raise UserError(f"the {what} path is empty ({text!r}); give a file or folder name (use . for the "
+                        "current folder)")
+    for name in text.replace("\\", "/").split("/"):
+        size = len(os.fsencode(name))
+        if size > NAME_MAX:
+            raise UserError(f"{what} {text[:60]}...: the name {name[:24]}... is {size} bytes long, file systems "
+                            f"allow at most {NAME_MAX}; choose a shorter name")
+    if len(os.fsencode(text)) >= PATH_MAX:
+        raise UserError(f"{what} {text[:60]}...: the path is {len(os.fsencode(text))} bytes long, more than "
+                        f"the {PATH_MAX} the system allows; choose a shorter path")
+    return text

@@ -136,7 +136,7 @@ class _PoolExecutor:
                         except BrokenProcessPool:
                             raise UserError("a worker process died (killed, or out of memory?); finished "
                                             "tasks are kept: run the same command with --resume (with "
-                                            "fewer --workers or a smaller --task-memory if memory ran out)") \
+                                            "fewer --workers if memory ran out)") \
                                 from None
                         except Exception as e:     # collected; see the module docstring
                             if track.again(item, e):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError, read_text_file
+from .errors import UserError, check_local_path, read_text_file
 from .geometry import Box
 
 # in-memory arrays handed to the Python API, reachable by id from forked workers
@@ -407,6 +407,9 @@ def ref_for(source, axes: str = "xyz", slices: SliceOptions = SliceOptions()) ->
                          transpose=slices.transpose)
     path = os.fspath(source)
     from .slices import SLICE_EXTENSIONS, _is_pattern, is_url, list_slice_files
+
+    if not is_url(path):
+        check_local_path(path, "source")
 
     if is_url(path):
         return _remote_slice_ref(path, slices)
