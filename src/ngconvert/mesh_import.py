@@ -184,8 +184,8 @@ def check_segment_id(label, where: str = "") -> int:
     except (TypeError, ValueError):
         raise UserError(f"{where}segment id {label!r} is not an integer") from None
     if not 1 <= value <= MAX_SEGMENT_ID:
-        raise UserError(f"{where}segment id {value} is out of range; ids are 1 to {MAX_SEGMENT_ID} "
-                        "(uint64; 0 is background)")
+        raise UserError(f"{where}segment id {value} is out of range; give 1 or more (0 is background), at most "
+                        f"{MAX_SEGMENT_ID} (uint64)")
     return value
 
 
