@@ -309,7 +309,10 @@ def _cmd_mesh(a) -> int:
     check_worker_counts(a.workers, a.dask_workers)
     _mesh_options(a).check()
     if not a.resume:        # a damaged info is one line before anything is planned
-        read_info_checked(open_store(a.dataset, _storage(a) if "://" in a.dataset else None))
+        store = open_store(a.dataset, _storage(a) if "://" in a.dataset else None)
+        blob = store.get("info")
+        if blob is not None:    # a missing one is explained by mesh_layer
+            read_info_checked(store, blob)
     import time
 
     t0 = time.perf_counter()
