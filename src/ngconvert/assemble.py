@@ -30,13 +30,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, read_text_file
 from .geometry import Box
 from .labels import Label, LabelTable, load_table, match_names
 from .sources import NIBABEL_SUFFIXES, UNIT_TO_NM, SourceRef, header_voxel_size
 
 MASK_SUFFIXES = (".npy",) + NIBABEL_SUFFIXES
 OVERLAP_RULES = ("error", "first", "last")
+MAX_COORDINATE = 2 ** 31      # |origin| and the assembled box stay within int32 per axis
+MAX_VOXELS = 2 ** 31          # voxels of the assembled box (a temporary file) unless max_voxels allows more
+SPARSE_VOXELS = 2 ** 27       # a box larger than this must not be mostly empty space ...
+SPARSE_RATIO = 1000           # ... more than this many times the voxels of the masks together
 SLAB_VOXELS = 1 << 25        # mask voxels compared per step when placing a memory-mapped mask
 
 
@@ -158,7 +162,7 @@ def read_origins(path) -> dict[str, tuple[float, float, float]]:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise UserError(f"{path}: no such origins file; check the path")
-    text = Path(path).read_text(encoding="utf-8-sig")
+    text = read_text_file(path, "origins file")
     if text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
@@ -174,12 +178,12 @@ def read_origins(path) -> dict[str, tuple[float, float, float]]:
         if len(parts) < 4:
             raise UserError(f"{path}:{n}: expected 'name,x,y,z', got {line!r}; give a name and three numbers")
         name, coords = ",".join(parts[:-3]) if len(parts) > 4 else parts[0], parts[-3:]
-        try:
-            xyz = tuple(float(c) for c in coords)
-        except ValueError:
-            if not out:          # a header row
+        bad = [c for c in coords if _number(c) is None]
+        if bad:
+            if not out and len(bad) == 3:          # a header row such as name,x,y,z
                 continue
-            raise UserError(f"{path}:{n}: origin {coords} is not three numbers; give name,x,y,z") from None
+            raise UserError(f"{path}:{n}: {bad[0]!r} is not a number; give name,x,y,z (atlas voxels)")
+        xyz = tuple(float(c) for c in coords)
         if not all(math.isfinite(v) for v in xyz):
             raise UserError(f"{path}:{n}: origin {coords} is not finite; give three numbers")
         if name in out:
@@ -188,6 +192,13 @@ def read_origins(path) -> dict[str, tuple[float, float, float]]:
     if not out:
         raise UserError(f"{path}: no origins found; give one 'name,x,y,z' line per structure")
     return out
+
+
+def _number(text):
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def round_origin(origin) -> tuple[int, int, int]:
@@ -296,7 +307,7 @@ def _assign_ids(structs: list[Structure], ids, table: LabelTable | None, notes: 
 
 def _read_id_file(path) -> dict[str, int]:
     out = {}
-    text = Path(path).read_text(encoding="utf-8-sig")
+    text = read_text_file(path, "id file")
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -316,7 +327,8 @@ def _read_id_file(path) -> dict[str, int]:
     return out
 
 
-def plan_assembly(structures, ids=None, labels=None, origins=None, axes: str = "xyz"):
+def plan_assembly(structures, ids=None, labels=None, origins=None, axes: str = "xyz",
+                  max_voxels: int | None = MAX_VOXELS):
     """Work out ids, placements, bounds and type without reading any mask voxels."""
     notes: list[str] = []
     structs = structures_from_mapping(structures) if isinstance(structures, dict) else structures_from_paths(structures)
@@ -359,9 +371,25 @@ def plan_assembly(structures, ids=None, labels=None, origins=None, axes: str = "
     if rounded:
         notes.append(f"{len(rounded)} fractional origin(s) rounded to the nearest voxel (halves up): "
                      f"{', '.join(rounded[:5])}")
+    for p in placements:
+        if any(abs(v) >= MAX_COORDINATE or abs(v + n) >= MAX_COORDINATE for v, n in zip(p.start, p.shape)):
+            raise UserError(f"{origins or 'origins'}: {p.name} at origin {','.join(map(str, p.start))} is beyond "
+                            f"+-{MAX_COORDINATE} (2^31) voxels; give origins in atlas voxels")
     start = tuple(min(p.start[d] for p in placements) for d in range(3))
     stop = tuple(max(p.start[d] + p.shape[d] for p in placements) for d in range(3))
     bounds = Box(start, stop)
+    voxels = int(np.prod(bounds.shape, dtype=object))
+    masks = sum(int(np.prod(p.shape, dtype=object)) for p in placements)
+    if max_voxels is not None and voxels > SPARSE_VOXELS and voxels > SPARSE_RATIO * masks:
+        far = max(placements, key=lambda p: max(abs(v) for v in p.start))
+        raise UserError(f"{origins or 'origins'}: the structures span {'x'.join(map(str, bounds.shape))} = "
+                        f"{voxels} voxels, over {SPARSE_RATIO} times their own {masks} ({far.name} is at origin "
+                        f"{','.join(map(str, far.start))}); check the origins (atlas voxels), or pass --force-size")
+    if max_voxels is not None and voxels > max_voxels:
+        far = max(placements, key=lambda p: max(abs(v) for v in p.start))
+        raise UserError(f"{origins or 'origins'}: the structures span {'x'.join(map(str, bounds.shape))} = "
+                        f"{voxels} voxels, more than the limit of {max_voxels} ({far.name} is at origin "
+                        f"{','.join(map(str, far.start))}); check the origins (atlas voxels), or pass --force-size")
 
     if table is None:   # names become the table
         first: dict[int, str] = {}
@@ -394,10 +422,23 @@ def assembly_fingerprint(assembly: Assembly, readers, overlap: str, threshold: f
     return {"assembly_sha256": hashlib.sha256(blob.encode()).hexdigest()}
 
 
+def check_threshold(threshold) -> float:
+    """``--threshold`` must be a finite number."""
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise UserError(f"--threshold {threshold!r}: give a number, e.g. 0 or 0.5") from None
+    if not math.isfinite(value):
+        raise UserError(f"--threshold {threshold}: give a finite number, e.g. 0 or 0.5 (a voxel is inside "
+                        "when its value exceeds it)")
+    return value
+
+
 def fill(assembly: Assembly, readers, out: np.ndarray, overlap: str = "error", threshold: float = 0) -> None:
     """Place every mask into ``out`` (the assembled box, ``[x, y, z]``)."""
     if overlap not in OVERLAP_RULES:
         raise UserError(f"--overlap {overlap}: choose error, first or last")
+    check_threshold(threshold)
     counts: dict[tuple[int, int], int] = {}
     for p in assembly.placements:
         reader, where = readers[p.name]
@@ -441,7 +482,7 @@ def fill(assembly: Assembly, readers, out: np.ndarray, overlap: str = "error", t
 
 def assemble(structures, dest=None, *, ids=None, labels=None, origins=None, overlap: str = "error",
              threshold: float = 0, axes: str = "xyz", resolution=None, units: str = "nm",
-             options=None, **option_fields) -> Assembly:
+             options=None, max_voxels: int | None = MAX_VOXELS, **option_fields) -> Assembly:
     """Assemble structure masks into one label volume, and write it as a segmentation layer
     when ``dest`` is given.
 
@@ -459,7 +500,8 @@ def assemble(structures, dest=None, *, ids=None, labels=None, origins=None, over
 
     if overlap not in OVERLAP_RULES:
         raise UserError(f"--overlap {overlap}: choose error, first or last")
-    assembly, readers = plan_assembly(structures, ids, labels, origins, axes)
+    check_threshold(threshold)
+    assembly, readers = plan_assembly(structures, ids, labels, origins, axes, max_voxels)
     if dest is None:
         out = np.zeros(assembly.shape, dtype=assembly.dtype, order="F")
         fill(assembly, readers, out, overlap, threshold)

@@ -8,7 +8,7 @@ import sys
 
 from . import __version__
 from .codecs import ENCODINGS
-from .convert import ConvertOptions, convert
+from .convert import MAX_CHUNKS, ConvertOptions, convert
 from .downsample import METHODS
 from .errors import UserError
 from .spec import DATA_TYPES
@@ -45,13 +45,14 @@ def _add_convert(sub) -> None:
     g.add_argument("--dtype", choices=DATA_TYPES, help="convert values to this type (rounds and clips)")
     g.add_argument("--axes", default="xyz", help="axis order of a .npy array, e.g. zyx or czyx (default xyz)")
     _add_segment_args(p)
-    g = p.add_argument_group("slice stacks")
+    g = p.add_argument_group("slice stacks and orientation")
     g.add_argument("--order", metavar="FILE", help="order file: '<name> <z>' or one name per line; "
                                                     "'Placeholder' lines and missing z are empty slices")
     g.add_argument("--pad", choices=["origin", "center"],
                    help="place slices smaller than the largest at the origin or centred (default: error)")
-    g.add_argument("--flip", metavar="AXES", help="reverse these volume axes, e.g. y or x,z")
-    g.add_argument("--transpose", action="store_true", help="swap x and y of every slice")
+    g.add_argument("--flip", metavar="AXES", help="reverse these volume axes, e.g. y or x,z (any source; "
+                                                      "an affine is adjusted to match)")
+    g.add_argument("--transpose", action="store_true", help="swap the x and y axes (of every slice, or of the volume)")
     g = p.add_argument_group("physical space")
     g.add_argument("--resolution", type=_vec(float, "--resolution"), help="voxel size x,y,z (default: from the header)")
     g.add_argument("--units", default="nm", choices=["nm", "um", "mm", "m"], help="units of --resolution (default nm)")
@@ -114,6 +115,8 @@ def _add_output_args(p) -> None:
     """Pyramid, encoding and run options shared by every command that writes a layer."""
     g = p.add_argument_group("pyramid and chunks")
     g.add_argument("--chunk-size", type=_vec(int, "--chunk-size"), help="chunk shape x,y,z (default: 2^18 voxels, physically cubic)")
+    g.add_argument("--force-chunks", action="store_true",
+                   help=f"allow more than {MAX_CHUNKS:,} chunks at full resolution (a tiny --chunk-size)")
     g.add_argument("--factor", type=_vec(int, "--factor"), help="fixed downsampling factor per level, e.g. 2,2,1")
     g.add_argument("--max-mips", type=int, help="at most this many downsampled levels")
     g.add_argument("--downsample", choices=METHODS, help="method (default: average for images, mode for segmentations)")
@@ -195,12 +198,12 @@ def _convert_options(a) -> ConvertOptions:
         resolution=a.resolution, units=a.units, voxel_offset=v.get("offset", (0, 0, 0)), chunk_size=a.chunk_size,
         factor=a.factor, max_mips=a.max_mips, downsample=a.downsample, dtype=v.get("dtype"),
         axes=v.get("axes", "xyz"), skip_empty=a.skip_empty, workers=a.workers,
-        task_bytes=a.task_memory << 20 if a.task_memory else None, order_file=v.get("order"),
+        task_bytes=a.task_memory << 20 if a.task_memory is not None else None, order_file=v.get("order"),
         pad=v.get("pad") or "", flip=v.get("flip") or "", transpose=v.get("transpose", False),
         labels=v.get("labels"), only=v.get("only"), exclude=v.get("exclude"), all_labels=v.get("all_labels", False),
         mesh=_mesh_options(a) if v.get("mesh") else None, sharded=a.sharded,
-        shard_bytes=a.shard_size << 20 if a.shard_size else None, shard_hash=a.shard_hash,
-        sharding=_sharding_json(a.sharding), scheduler=a.scheduler, dask_workers=a.dask_workers,
+        shard_bytes=a.shard_size << 20 if a.shard_size is not None else None, shard_hash=a.shard_hash,
+        max_chunks=None if v.get("force_chunks") else MAX_CHUNKS, sharding=_sharding_json(a.sharding), scheduler=a.scheduler, dask_workers=a.dask_workers,
         overwrite=a.overwrite, resume=a.resume, break_lock=a.break_lock, quiet=a.quiet, storage=_storage(a))
 
 
@@ -258,6 +261,8 @@ def _add_assemble(sub) -> None:
     g.add_argument("--threshold", type=float, default=0.0, help="a voxel is inside when its value exceeds "
                                                                  "this (default 0)")
     g.add_argument("--axes", default="xyz", help="axis order of .npy masks, e.g. zyx (default xyz)")
+    g.add_argument("--force-size", action="store_true",
+                   help="assemble even when the structures span more than 2^31 voxels (far-apart origins)")
     _add_segment_args(p)
     g = p.add_argument_group("physical space")
     g.add_argument("--resolution", type=_vec(float, "--resolution"),
@@ -272,14 +277,14 @@ def _add_assemble(sub) -> None:
 def _cmd_assemble(a) -> int:
     from dataclasses import replace
 
-    from .assemble import assemble
+    from .assemble import MAX_VOXELS, assemble
 
     if a.dry_run:
         raise UserError("--dry-run is not available for assemble; run it on a new folder")
     opts = replace(_convert_options(a), labels=None)
     asm = assemble(a.structures if len(a.structures) > 1 else a.structures[0], a.dest, ids=a.ids,
                    labels=a.labels, origins=a.origins, overlap=a.overlap, threshold=a.threshold, axes=a.axes,
-                   options=opts)
+                   options=opts, max_voxels=None if a.force_size else MAX_VOXELS)
     if not a.quiet:
         for n in asm.notes:
             print(f"ngconvert: {n}", file=sys.stderr)
@@ -304,8 +309,16 @@ def _add_mesh(sub) -> None:
 def _cmd_mesh(a) -> int:
     from .meshing import mesh_layer
 
-    if a.workers is not None and a.workers < 1:
-        raise UserError(f"--workers {a.workers}: give 1 or more")
+    from .executors import check_worker_counts
+    from .stats import read_info_checked
+
+    check_worker_counts(a.workers, a.dask_workers)
+    _mesh_options(a).check()
+    if not a.resume:        # a damaged info is one line before anything is planned
+        store = open_store(a.dataset, _storage(a) if "://" in a.dataset else None)
+        blob = store.get("info")
+        if blob is not None:    # a missing one is explained by mesh_layer
+            read_info_checked(store, blob)
     import time
 
     t0 = time.perf_counter()
@@ -421,7 +434,8 @@ def _cmd_reencode(a) -> int:
     opts = ReencodeOptions(encoding=a.encoding, jpeg_quality=a.jpeg_quality, png_level=a.png_level,
                            cseg_block_size=a.block_size, compress=a.compress, gzip_level=a.gzip_level,
                            chunk_size=a.chunk_size, sharded=a.sharded,
-                           shard_bytes=a.shard_size << 20 if a.shard_size else None, shard_hash=a.shard_hash,
+                           shard_bytes=a.shard_size << 20 if a.shard_size is not None else None,
+                           shard_hash=a.shard_hash,
                            workers=a.workers, quiet=a.quiet, overwrite=a.overwrite, resume=a.resume,
                            break_lock=a.break_lock, storage=_storage(a), scheduler=a.scheduler, dask_workers=a.dask_workers)
     res = reencode(a.source, a.dest, opts)
@@ -525,8 +539,10 @@ def _segments_arg(text: str):
 
 
 def _cmd_serve(a) -> int:
+    from .hosting import check_port
     from .serve import DatasetServer
 
+    check_port(a.port, "--port", allow_zero=True)
     if not os.path.isdir(a.folder):
         raise UserError(f"{a.folder}: no such folder; give the folder of your datasets")
     server = DatasetServer({"/": a.folder}, bind=a.bind, port=a.port, verbose=a.verbose)
@@ -551,8 +567,11 @@ def _cmd_view(a) -> int:
 
 def _cmd_url(a) -> int:
     from .store import FileStore
-    from .viewer_state import build_state, load_dataset, source_for, state_url
+    from .viewer_state import build_state, check_http_url, load_dataset, source_for, state_url
 
+    check_http_url(a.viewer)
+    for base in a.base_url:
+        check_http_url(base, "--base-url")
     storage = _storage(a)
     local = [d for d in a.datasets if "://" not in d]
     if len(a.base_url) != len(local):
@@ -693,9 +712,19 @@ def _add_example(sub) -> None:
 
 
 def _cmd_example(a) -> int:
+    from .errors import check_local_path
     from .examples import write_example
 
-    for path in write_example(a.folder, overwrite=a.overwrite):
+    folder = check_local_path(a.folder, "example folder")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{folder}: exists and is not a folder; give a new or existing folder for the example")
+    try:
+        paths = write_example(folder, overwrite=a.overwrite)
+    except OSError as e:
+        where = e.filename or folder
+        raise UserError(f"{where}: cannot write the example ({e.strerror or e}); choose a folder you can "
+                        "write to") from None
+    for path in paths:
         print(path)
     return 0
 
@@ -757,12 +786,11 @@ def main(argv=None) -> int:
     except UserError as e:
         if args.debug:
             raise
-        print(f"ngconvert: error: {e}", file=sys.stderr)
+        print(f"ngconvert: error: {_fit_advice(args, str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        again = " with --resume" if getattr(args, "resume", None) is not None else ""
-        print(f"ngconvert: {'terminated' if terminated else 'interrupted'}; run the same command{again} to "
-              "finish", file=sys.stderr)
+        print(f"ngconvert: {'terminated' if terminated else 'interrupted'}; {_continue_advice(args)}",
+              file=sys.stderr)
         return 143 if terminated else 130
 
 
@@ -770,6 +798,27 @@ def threading_main() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+def _fit_advice(args, message: str) -> str:
+    """A library message with advice to run "with --resume", for a command without --resume."""
+    if "--resume" not in message or hasattr(args, "resume"):
+        return message
+    if args.command == "run":
+        advice = ("run it again with \"resume\": true in the config's options (the slice workflow form "
+                  "resumes by itself)")
+    else:
+        advice = _continue_advice(args)
+    return message.replace("run the same command with --resume", advice)
+
+
+def _continue_advice(args) -> str:
+    """How to finish an interrupted command, naming only flags the command has."""
+    if hasattr(args, "resume") and not getattr(args, "split", False):
+        return "run the same command with --resume to finish"
+    if hasattr(args, "skip_existing"):
+        return "run the same command with --skip-existing to copy only what is missing"
+    return "run the same command again"
 
 
 if __name__ == "__main__":

@@ -32,6 +32,24 @@ class EncodingOptions:
     cseg_block_size: tuple[int, int, int] = (8, 8, 8)
 
 
+def check_codec_options(gzip_level=None, jpeg_quality=None, png_level=None, block_size=None) -> None:
+    """One-line :class:`~ngconvert.errors.UserError` for a codec parameter out of its range
+    (``None``: not given); shared by every command that encodes chunks."""
+    from .errors import UserError
+
+    def whole(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if gzip_level is not None and not (whole(gzip_level) and 1 <= gzip_level <= 12):
+        raise UserError(f"--gzip-level {gzip_level}: choose 1 (fastest) to 12 (smallest)")
+    if jpeg_quality is not None and not (whole(jpeg_quality) and 0 <= jpeg_quality <= 100):
+        raise UserError(f"--jpeg-quality {jpeg_quality}: choose 0 to 100")
+    if png_level is not None and not (whole(png_level) and 0 <= png_level <= 9):
+        raise UserError(f"--png-level {png_level}: choose 0 to 9")
+    if block_size is not None and (len(block_size) != 3 or any(not whole(b) or b < 1 for b in block_size)):
+        raise UserError(f"--block-size {','.join(map(str, block_size))}: give three positive sizes, e.g. 8,8,8")
+
+
 def encoding_problem(encoding: str, dtype: str, channels: int) -> str | None:
     """Why ``encoding`` cannot store ``dtype`` x ``channels``, or None when it can."""
     if encoding not in _ALLOWED:

@@ -12,26 +12,30 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .codecs import ENCODINGS, encoding_problem
+from .codecs import ENCODINGS, check_codec_options, encoding_problem
 from .destination import (DestinationError, check_space, claim, differences, preflight, refuse_overlap)
 from .fingerprint import describe_change, fingerprint
 from .downsample import METHODS
 from .errors import UserError
 from .labels import load_table, resolve_ids
-from .executors import ExecutorScope, ThreadExecutor, context, make_executor
+from .executors import ExecutorScope, ThreadExecutor, check_worker_counts, context, make_executor
 from .geometry import Box, Vec
 from .plan import CHUNK_SCRATCH, DEFAULT_TASK_BYTES, PLAN_KEY, SCRATCH, Plan, done_key, plan_stages
 from .meshing import MeshOptions, clear_mesh_scratch, plan_meshes, run_mesh_plan
 from .progress import Progress
 from .segment_properties import write_segment_metadata
 from .shard_tasks import plan_shard_tasks, run_shard_task, shard_done_key
-from .pyramid import choose_chunk_size, plan_factors
-from .sources import (UNIT_TO_NM, SliceOptions, SourceInfo, SourceRef, open_source, prepare, ref_for,
-                      release)
+from .pyramid import choose_chunk_size, chunk_count, plan_factors
+from .sources import (UNIT_TO_NM, SliceOptions, SourceInfo, SourceRef, normalize_flip, open_source, prepare,
+                      ref_for, release)
 from .spec import DATA_TYPES, LAYER_TYPES, LayerSpec, dumps
 from .store import FileStore, MemoryStore, StorageOptions, Store, open_store
-from .survey import guess_layer_type, value_range
+from .survey import float32_overflow, guess_layer_type, value_range
 from .tasks import run_task
+
+
+MAX_CHUNKS = 2_000_000        # chunks at full resolution a plan may have unless max_chunks allows more
+MAX_COORDINATE = 2 ** 40      # |voxel_offset| and voxel_offset + size stay within this (about 1.1e12)
 
 
 @dataclass
@@ -75,6 +79,7 @@ class ConvertOptions:
     shard_bytes: int | None = None            # target uncompressed chunk bytes per shard
     shard_hash: str = "identity"              # identity or murmurhash3_x86_128
     sharding: dict | None = None              # an explicit sharding spec for every scale
+    max_chunks: int | None = MAX_CHUNKS       # refuse plans of more chunks at scale 0 (None: no limit)
     overwrite: bool = False
     resume: bool = False
     break_lock: bool = False                  # take the destination's lock even if another run holds it
@@ -104,6 +109,12 @@ def _resolve_dtype(src_info: SourceInfo, src, opts: ConvertOptions, origin: str,
         if opts.dtype not in DATA_TYPES:
             raise UserError(f"--dtype {opts.dtype}: not a precomputed data type; choose one of {', '.join(DATA_TYPES)}")
         if opts.dtype != d.name:
+            if opts.dtype == "float32" and d.kind == "f" and d.itemsize > 4:
+                big = float32_overflow(src)
+                if big is not None:
+                    raise UserError(f"{origin}: values up to {big:g} do not fit float32 (largest "
+                                    f"{float(np.finfo(np.float32).max):g}) and would be stored as inf; rescale "
+                                    "the data first, or choose --dtype of another range")
             say(f"converting {d.name} to {opts.dtype} as asked (values are rounded and clipped)")
         return opts.dtype
     if d.name in DATA_TYPES:
@@ -151,14 +162,7 @@ def _check_option_ranges(opts: ConvertOptions) -> None:
         raise UserError(f"--compress {opts.compress}: choose auto, gzip or none")
     if opts.downsample is not None and opts.downsample not in METHODS:
         raise UserError(f"--downsample {opts.downsample}: choose one of {', '.join(METHODS)}")
-    if not 1 <= opts.gzip_level <= 12:
-        raise UserError(f"--gzip-level {opts.gzip_level}: choose 1 (fastest) to 12 (smallest)")
-    if not 0 <= opts.jpeg_quality <= 100:
-        raise UserError(f"--jpeg-quality {opts.jpeg_quality}: choose 0 to 100")
-    if not 0 <= opts.png_level <= 9:
-        raise UserError(f"--png-level {opts.png_level}: choose 0 to 9")
-    if len(opts.cseg_block_size) != 3 or any(b < 1 for b in opts.cseg_block_size):
-        raise UserError(f"--block-size {opts.cseg_block_size}: give three positive sizes, e.g. 8,8,8")
+    check_codec_options(opts.gzip_level, opts.jpeg_quality, opts.png_level, opts.cseg_block_size)
     if opts.units not in UNIT_TO_NM:
         raise UserError(f"--units {opts.units}: choose one of nm, um, mm, m")
     if opts.resolution is not None and (len(opts.resolution) != 3 or any(
@@ -171,8 +175,26 @@ def _check_option_ranges(opts: ConvertOptions) -> None:
         raise UserError(f"--factor {opts.factor}: give three factors of 1 or more, e.g. 2,2,1")
     if opts.max_mips is not None and opts.max_mips < 0:
         raise UserError(f"--max-mips {opts.max_mips}: must be 0 or more")
-    if opts.workers is not None and opts.workers < 1:
-        raise UserError(f"--workers {opts.workers}: give 1 or more")
+    check_worker_counts(opts.workers, opts.dask_workers)
+    if opts.task_bytes is not None and opts.task_bytes < 1:
+        raise UserError(f"--task-memory {opts.task_bytes >> 20} MB (task_bytes {opts.task_bytes}): give 1 MB or more")
+    if opts.shard_bytes is not None and opts.shard_bytes < 1:
+        raise UserError(f"--shard-size {opts.shard_bytes >> 20} MB (shard_bytes {opts.shard_bytes}): "
+                        "give 1 MB or more")
+    if opts.shard_hash not in ("identity", "murmurhash3_x86_128"):
+        raise UserError(f"--shard-hash {opts.shard_hash}: choose identity or murmurhash3_x86_128")
+    if opts.max_chunks is not None and opts.max_chunks < 1:
+        raise UserError(f"max_chunks {opts.max_chunks}: give 1 or more, or None for no limit")
+    off = tuple(opts.voxel_offset)
+    if len(off) != 3 or any(isinstance(o, bool) or not isinstance(o, (int, np.integer)) for o in off):
+        raise UserError(f"--offset {','.join(map(str, off))}: give three integers, e.g. 0,0,0")
+    if any(abs(int(o)) > MAX_COORDINATE for o in off):
+        raise UserError(f"--offset {','.join(map(str, off))}: offsets are limited to +-{MAX_COORDINATE} "
+                        "(2^40) voxels; give a smaller offset")
+    if opts.flip:
+        normalize_flip(opts.flip)
+    if opts.mesh is not None and hasattr(opts.mesh, "check"):
+        opts.mesh.check()
 
 
 def resolve_layer(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> LayerSpec:
@@ -268,6 +290,14 @@ def resolve_layer(ref: SourceRef, opts: ConvertOptions, notes: list[str]) -> Lay
         chunk = choose_chunk_size(info.shape, resolution, max_z=max_z)
     offset = tuple(int(o) for o in opts.voxel_offset)
     bounds = Box(offset, tuple(o + s for o, s in zip(offset, info.shape)))
+    if any(abs(v) > MAX_COORDINATE for v in bounds.stop):
+        raise UserError(f"--offset {','.join(map(str, offset))}: with the size {'x'.join(map(str, info.shape))} "
+                        f"the layer would end at {','.join(map(str, bounds.stop))}, beyond the limit of "
+                        f"{MAX_COORDINATE} (2^40) voxels; give a smaller offset")
+    n_chunks = chunk_count(bounds, chunk)
+    if opts.max_chunks is not None and n_chunks > opts.max_chunks:
+        raise UserError(f"--chunk-size {','.join(map(str, chunk))}: {n_chunks} chunks at full resolution, more "
+                        f"than the limit of {opts.max_chunks}; give a larger --chunk-size (or pass --force-chunks)")
     factors = plan_factors(bounds, resolution, chunk, opts.factor, opts.max_mips)
     if opts.mesh is not None and not 0 <= opts.mesh.scale <= len(factors):
         raise UserError(f"--mesh-scale {opts.mesh.scale}: the layer will have scales 0..{len(factors)}; choose one "
@@ -509,6 +539,7 @@ def convert(source, dest, options: ConvertOptions | None = None, dry_run: bool =
     default: ``options.scheduler``/``options.dask_workers``, else the local cores.
     """
     opts = options or ConvertOptions()
+    _check_option_ranges(opts)      # bad options are one line before the destination is looked at
     if dry_run:
         return _convert(source, dest, opts, True, make_executor(opts.workers))
     with ExecutorScope(opts.workers, executor, opts.scheduler, opts.dask_workers, opts.quiet) as ex:
@@ -518,7 +549,8 @@ def convert(source, dest, options: ConvertOptions | None = None, dry_run: bool =
             try:
                 path = os.path.join(tmp, "array.npy")
                 np.save(path, source)
-                ref = SourceRef(kind="npy", path=path, origin="array", axes=opts.axes)
+                ref = SourceRef(kind="npy", path=path, origin="array", axes=opts.axes,
+                                flip=normalize_flip(opts.flip), transpose=opts.transpose)
                 return _convert(ref, dest, opts, False, ex, array=source)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -136,7 +136,7 @@ class _PoolExecutor:
                         except BrokenProcessPool:
                             raise UserError("a worker process died (killed, or out of memory?); finished "
                                             "tasks are kept: run the same command with --resume (with "
-                                            "fewer --workers or a smaller --task-memory if memory ran out)") \
+                                            "fewer --workers if memory ran out)") \
                                 from None
                         except Exception as e:     # collected; see the module docstring
                             if track.again(item, e):
@@ -353,12 +353,20 @@ def dask_executor(scheduler: str | None = None, workers: int | None = None, quie
     return ex
 
 
+def check_worker_counts(workers=None, dask_workers=None) -> None:
+    """``--workers``/``--dask-workers`` must be 1 or more (``None``: the default)."""
+    for flag, n in (("--workers", workers), ("--dask-workers", dask_workers)):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise UserError(f"{flag} {n}: give 1 or more worker processes")
+
+
 class ExecutorScope:
     """``with ExecutorScope(workers, executor, scheduler, dask_workers) as ex``: the executor a
     command asked for, closed (a local Dask cluster shut down) at the end."""
 
     def __init__(self, workers: int | None = None, executor=None, scheduler: str | None = None,
                  dask_workers: int | None = None, quiet: bool = False):
+        check_worker_counts(workers, dask_workers)
         self.args = (workers, executor, scheduler, dask_workers, quiet)
         self.ex = None
 

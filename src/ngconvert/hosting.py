@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from .errors import UserError
 
@@ -18,15 +19,59 @@ CORS_HEADERS = ["Range", "Content-Type", "Accept-Encoding"]
 EXPOSE = ["Content-Range", "Content-Encoding", "Content-Length", "Accept-Ranges", "ETag"]
 
 
+def check_port(port, flag: str = "--port", allow_zero: bool = False) -> int:
+    """A TCP port 1-65535 (0 too with ``allow_zero``: the system picks a free one)."""
+    low = 0 if allow_zero else 1
+    if isinstance(port, bool) or not isinstance(port, int) or not low <= port <= 65535:
+        zero = " (0 picks a free one)" if allow_zero else ""
+        raise UserError(f"{flag} {port}: give a port from {low} to 65535{zero}")
+    return port
+
+
+_SERVER_NAME = re.compile(r"^(\*\.|\.)?[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*"
+                          r"[A-Za-z0-9_])?)*(\.\*)?$|^_$|^\[[0-9A-Fa-f:.]+\]$")
+_LOCATION = re.compile(r"^[A-Za-z0-9._~%!*'()+,=:@/-]*$")
+
+
+def check_server_names(server_name: str) -> list[str]:
+    """The names of ``--server-name`` (space-separated host names, ``_``, ``*.example.org``,
+    ``example.*``, ``.example.org``); anything else is refused, so nothing reaches the
+    config but names."""
+    names = str(server_name).split()
+    if not names:
+        raise UserError("--server-name '': give a host name such as example.org, or _ for any")
+    for n in names:
+        if not _SERVER_NAME.match(n) or len(n) > 253:
+            raise UserError(f"--server-name {server_name!r}: {n!r} is not a host name; give names such as "
+                            "example.org, *.example.org or _ (letters, digits, '-', '.', '_')")
+    return names
+
+
+def nginx_quote(text: str, what: str) -> str:
+    """``text`` as one quoted nginx parameter (backslashes and double quotes escaped); ``$``
+    (variables in nginx) and control characters are refused."""
+    if "$" in text or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise UserError(f"{what} {text!r}: contains '$' or a control character, which nginx cannot take "
+                        "literally; rename or move the folder")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def nginx_config(root: str, server_name: str = "_", port: int = 80, location: str = "/") -> str:
     root = os.path.abspath(root)
+    names = " ".join(check_server_names(server_name))
+    check_port(port, "--listen")
+    if not _LOCATION.match(location or ""):
+        raise UserError(f"--location {location!r}: give a URL path such as /data (letters, digits and "
+                        "-._~%!*'()+,=:@/ only)")
     loc = "/" + location.strip("/") + "/" if location.strip("/") else "/"
-    alias = f"alias {root}/;" if loc != "/" else f"root {root};"
-    return f"""# nginx server block for precomputed datasets in {root} (made by ngconvert hosting nginx)
+    folder = nginx_quote(root.rstrip("/") + "/" if loc != "/" else root, "folder")
+    alias = f"alias {folder};" if loc != "/" else f"root {folder};"
+    shown = root.replace("\n", " ")
+    return f"""# nginx server block for precomputed datasets in {shown} (made by ngconvert hosting nginx)
 # needs nginx's gzip_static module (in the standard Debian/Ubuntu nginx packages)
 server {{
     listen {port};
-    server_name {server_name};
+    server_name {names};
 
     location {loc} {{
         {alias}

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, read_text_file
 
 Color = tuple[int, int, int]
 
@@ -134,6 +134,8 @@ def parse_color(value) -> Color:
     else:
         text = str(value).strip()
         m = _HEX.match(text)
+        if m and len(m.group(1)) == 3 and not text.startswith("#") and text.isdigit():
+            m = None         # "300" is a number (out of range below), not the shorthand #330000
         if m:
             h = m.group(1)
             if len(h) == 3:
@@ -141,6 +143,8 @@ def parse_color(value) -> Color:
             return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
         text = re.sub(r"^rgba?\((.*)\)$", r"\1", text)
         parts = [p for p in re.split(r"[,;\s]+", text) if p]
+    if len(parts) == 1 and _number(parts[0]) is not None:
+        raise ValueError(f"colour {value!r} is one number, not #rrggbb or r,g,b")
     if len(parts) not in (3, 4):
         raise ValueError(f"colour {value!r} is not #rrggbb or three numbers r,g,b")
     rgb = []
@@ -150,7 +154,7 @@ def parse_color(value) -> Color:
         except (TypeError, ValueError):
             raise ValueError(f"colour {value!r} has a component {p!r} that is not a number") from None
         if not (0 <= f <= 255) or f != int(f):
-            raise ValueError(f"colour {value!r}: components must be whole numbers 0-255")
+            raise ValueError(f"colour {value!r}: component {p} is not a whole number 0-255")
         rgb.append(int(f))
     return tuple(rgb)
 
@@ -323,6 +327,8 @@ def _read_text(path) -> str:
         raw = p.read_bytes()
     except OSError as e:
         raise UserError(f"{path}: cannot read the label table ({e.strerror}); check permissions") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):   # UTF-16/32 with a byte-order mark
+        return read_text_file(path, "label table")
     if b"\x00" in raw[:4096]:
         raise UserError(f"{path}: not a text file; give a CSV, TSV, JSON or LUT label table")
     for enc in ("utf-8-sig", "latin-1"):

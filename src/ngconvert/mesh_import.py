@@ -168,10 +168,25 @@ def read_id_list(path) -> list[tuple[int, list[str]]]:
                 raise UserError(f"{path}:{n}: no mesh file for id {row[0]}; give id,file[,file...]")
             files = [c if os.path.isabs(c) or os.path.exists(c) and not os.path.exists(os.path.join(base, c))
                      else os.path.join(base, c) for c in row[1:]]
-            out.append((int(row[0]), files))
+            out.append((check_segment_id(int(row[0]), f"{path}:{n}: "), files))
     if not out:
         raise UserError(f"{path}: no 'id,file' lines found")
     return out
+
+
+MAX_SEGMENT_ID = 2 ** 64 - 1
+
+
+def check_segment_id(label, where: str = "") -> int:
+    """A segment id as an int: 1 .. 2^64-1 (uint64; 0 is background)."""
+    try:
+        value = int(label)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}segment id {label!r} is not an integer") from None
+    if not 1 <= value <= MAX_SEGMENT_ID:
+        raise UserError(f"{where}segment id {value} is out of range; give 1 or more (0 is background), at most "
+                        f"{MAX_SEGMENT_ID} (uint64)")
+    return value
 
 
 @dataclass
@@ -188,13 +203,21 @@ def _target(store, fmt: str | None):
         if not store.is_empty():
             raise UserError(f"{store.url} is not empty and holds no precomputed layer; choose a new folder")
         return "new", "", fmt or "legacy", None
-    info = json.loads(blob)
+    try:
+        info = json.loads(blob)
+    except ValueError as e:
+        raise UserError(f"{store.describe('info')}: is not valid JSON ({e}); fix it or re-run the conversion") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{store.describe('info')}: is not a JSON object; fix it or re-run the conversion")
     kind = info.get("@type", "neuroglancer_multiscale_volume")
     if kind in ("neuroglancer_legacy_mesh", "neuroglancer_multilod_draco"):
         have = "legacy" if kind == "neuroglancer_legacy_mesh" else "multires"
         if fmt and fmt != have:
             raise UserError(f"{store.url} holds {have} meshes; pass --format {have}")
         return "meshes", "", have, None
+    from .stats import read_info_checked
+
+    info = read_info_checked(store, blob)
     if info.get("type") != "segmentation":
         raise UserError(f"{store.url} is an image layer; meshes belong to segmentation layers")
     directory = info.get("mesh", "mesh")
@@ -235,6 +258,12 @@ def _import_meshes(items, dest, *, matrix=None, units: str | None = None, from_w
 
     if units is not None and units not in UNIT_TO_NM:
         raise UserError(f"--units {units}: choose nm, um, mm or m")
+    if not 1 <= int(lods) <= 10:
+        raise UserError(f"--lods {lods}: choose 1 to 10")
+    if quantization_bits not in (10, 16):
+        raise UserError(f"--quantization-bits {quantization_bits}: the format allows 10 or 16")
+    for label, _files in items:
+        check_segment_id(label)
     m = np.eye(4) if matrix is None else np.asarray(matrix, np.float64)
     if m.shape != (4, 4):
         raise UserError(f"the transform must be 4x4, got {m.shape}")

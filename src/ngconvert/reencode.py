@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .codecs import ENCODINGS, EncodingOptions, encode_chunk, encoding_problem, gzip_compress
+from .codecs import ENCODINGS, EncodingOptions, check_codec_options, encode_chunk, encoding_problem, gzip_compress
 from .errors import UserError
-from .executors import ExecutorScope, context
+from .executors import ExecutorScope, check_worker_counts, context
 from .geometry import Box, ChunkGrid, chunk_key
 from .destination import DestinationError, claim, differences
 from .plan import CHUNK_SCRATCH, SCRATCH
@@ -26,6 +26,7 @@ from .progress import Progress
 from .shard_tasks import plan_shard_tasks, run_shard_task, shard_done_key
 from .sharding import TARGET_SHARD_BYTES, choose_spec
 from .spec import Scale, dumps
+from .stats import read_info_checked
 from .store import FileStore, MemoryStore, Store, StorageOptions, content_type_for, open_store
 from .volume_reader import PrecomputedVolume
 
@@ -292,10 +293,27 @@ def _sidecars(src: Store, info: dict) -> list[str]:
     return sorted(out)
 
 
+def check_reencode_options(opts: ReencodeOptions) -> None:
+    """Checks of the options that need no data, done before anything is read or written."""
+    check_codec_options(opts.gzip_level, opts.jpeg_quality, opts.png_level, opts.cseg_block_size)
+    if opts.chunk_size is not None and (len(opts.chunk_size) != 3 or any(
+            not isinstance(c, (int, np.integer)) or c < 1 for c in opts.chunk_size)):
+        raise UserError(f"--chunk-size {','.join(map(str, opts.chunk_size))}: give three positive sizes, "
+                        "e.g. 64,64,64")
+    if opts.shard_bytes is not None and opts.shard_bytes < 1:
+        raise UserError(f"--shard-size {opts.shard_bytes >> 20}: give 1 MB or more")
+    if opts.shard_hash is not None and opts.shard_hash not in ("identity", "murmurhash3_x86_128"):
+        raise UserError(f"--shard-hash {opts.shard_hash}: choose identity or murmurhash3_x86_128")
+    check_worker_counts(opts.workers, opts.dask_workers)
+
+
 def reencode(source, dest, opts: ReencodeOptions | None = None, executor=None) -> ReencodeResult:
     """Write the dataset at ``source`` to ``dest`` with the changes in ``opts``; ``executor``
     may be a ``dask.distributed.Client``."""
     opts = opts or ReencodeOptions()
+    check_reencode_options(opts)
+    if not opts.resume:     # a damaged source info is one line before anything is written
+        read_info_checked(open_store(source, opts.storage if "://" in str(source) else None))
     with ExecutorScope(opts.workers, executor, opts.scheduler, opts.dask_workers, opts.quiet) as ex:
         return _reencode(source, dest, opts, ex)
 

@@ -51,6 +51,15 @@ def list_slice_files(spec: str) -> list[str]:
     return sorted(files, key=lambda f: natural_key(os.path.basename(f)))
 
 
+MAX_Z_INDEX = 1_000_000
+
+
+def max_z_index(named: int) -> int:
+    """The largest z an order file naming ``named`` slices may give: 100 per named slice
+    (at least 1000), never beyond :data:`MAX_Z_INDEX`."""
+    return min(MAX_Z_INDEX, max(1000, 100 * named))
+
+
 def parse_order(text: str, origin: str) -> list[str | None]:
     """Slice names by z position from an order file; ``None`` is an empty slice.
 
@@ -81,6 +90,12 @@ def parse_order(text: str, origin: str) -> list[str | None]:
                         "give every line '<name> <index>' or none")
     if not indexed:
         return [None if _is_placeholder(n) else n for n, _i, _l in entries]
+    limit = max_z_index(len(entries))
+    far = max(entries, key=lambda e: e[1])
+    if far[1] > limit:
+        raise UserError(f"{origin}:{far[2]}: z index {far[1]} is beyond the limit of {limit} for {len(entries)} "
+                        f"named slice(s) (at most {MAX_Z_INDEX}, and 100 times the slices named, at least 1000); "
+                        "give z positions in slices, counted from 0")
     order: list[str | None] = [None] * (max(i for _n, i, _l in entries) + 1)
     seen: dict[int, int] = {}
     for name, index, lineno in entries:

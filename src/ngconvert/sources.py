@@ -12,12 +12,12 @@ import shutil
 import tempfile
 import threading
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, check_local_path, read_text_file
 from .geometry import Box
 
 # in-memory arrays handed to the Python API, reachable by id from forked workers
@@ -405,9 +405,13 @@ def ref_for(source, axes: str = "xyz", slices: SliceOptions = SliceOptions()) ->
     if isinstance(source, np.ndarray):
         array_id = f"a{id(source):x}"
         _ARRAYS[array_id] = source
-        return SourceRef(kind="array", origin="array", axes=axes, array_id=array_id)
+        return SourceRef(kind="array", origin="array", axes=axes, array_id=array_id, flip=_flip(slices.flip),
+                         transpose=slices.transpose)
     path = os.fspath(source)
     from .slices import SLICE_EXTENSIONS, _is_pattern, is_url, list_slice_files
+
+    if not is_url(path):
+        check_local_path(path, "source")
 
     if is_url(path):
         return _remote_slice_ref(path, slices)
@@ -419,9 +423,10 @@ def ref_for(source, axes: str = "xyz", slices: SliceOptions = SliceOptions()) ->
         raise UserError(f"{path}: permission denied; make the file readable")
     lower = path.lower()
     if lower.endswith(".npy"):
-        return SourceRef(kind="npy", path=path, origin=path, axes=axes)
+        return SourceRef(kind="npy", path=path, origin=path, axes=axes, flip=_flip(slices.flip),
+                         transpose=slices.transpose)
     if lower.endswith(NIBABEL_SUFFIXES):
-        return SourceRef(kind="nibabel", path=path, origin=path)
+        return SourceRef(kind="nibabel", path=path, origin=path, flip=_flip(slices.flip), transpose=slices.transpose)
     if lower.endswith((".tif", ".tiff")) and _tiff_pages(path) > 1:
         return SourceRef(kind="tiff", path=path, origin=path, flip=_flip(slices.flip), transpose=slices.transpose)
     if lower.endswith(SLICE_EXTENSIONS):
@@ -450,11 +455,63 @@ def _remote_slice_ref(url: str, opts: SliceOptions) -> SourceRef:
     return ref
 
 
-def _flip(text: str) -> str:
-    axes = text.replace(",", "").lower()
+def normalize_flip(text: str) -> str:
+    """``--flip`` as the axes it names, in ``xyz`` order (``"x,z"`` -> ``"xz"``)."""
+    axes = str(text).replace(",", "").replace(" ", "").lower()
     if set(axes) - set("xyz"):
         raise UserError(f"--flip {text}: name axes among x, y and z, e.g. --flip y or --flip x,z")
     return "".join(a for a in "xyz" if a in axes)
+
+
+_flip = normalize_flip
+
+
+class OrientedSource(VolumeSource):
+    """Another source seen with x and y swapped (``transpose``), then the ``flip`` axes reversed.
+
+    Regions are mapped to the region of the inner source that holds them and only that is read
+    (then reversed/swapped), so tasks stay lazy.  An affine is adjusted so every voxel keeps its
+    world position."""
+
+    def __init__(self, inner: VolumeSource, flip: str = "", transpose: bool = False):
+        self.inner, self.flip, self.transpose = inner, normalize_flip(flip), bool(transpose)
+        i = inner.info
+        shape = (i.shape[1], i.shape[0], i.shape[2]) if self.transpose else tuple(i.shape)
+        res = i.resolution_nm
+        if res is not None and self.transpose:
+            res = (res[1], res[0], res[2])
+        affine = None
+        if i.affine is not None:
+            # output voxel j -> inner voxel: reverse the flipped axes, then swap x and y
+            m = np.eye(4)
+            for k, a in enumerate("xyz"):
+                if a in self.flip:
+                    m[k, k], m[k, 3] = -1.0, shape[k] - 1
+            if self.transpose:
+                m = m[[1, 0, 2, 3]]
+            affine = (np.asarray(i.affine, dtype=float) @ m).tolist()
+        what = ", ".join(w for w in (f"flipped {self.flip}" if self.flip else "",
+                                      "x and y swapped" if self.transpose else "") if w)
+        self.info = SourceInfo(shape=shape, channels=i.channels, dtype=i.dtype, resolution_nm=res,
+                               affine=affine, world_units=i.world_units, label_hint=i.label_hint,
+                               scaled=i.scaled, notes=list(i.notes) + ([f"{what} as asked"] if what else []))
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["inner"], name)
+
+    def read(self, box: Box) -> np.ndarray:
+        start, stop = list(box.start), list(box.stop)
+        for k, a in enumerate("xyz"):
+            if a in self.flip:
+                n = self.info.shape[k]
+                start[k], stop[k] = n - box.stop[k], n - box.start[k]
+        if self.transpose:
+            start[0], start[1], stop[0], stop[1] = start[1], start[0], stop[1], stop[0]
+        data = self.inner.read(Box(tuple(start), tuple(stop)))
+        if self.transpose:
+            data = data.swapaxes(0, 1)
+        rev = tuple(slice(None, None, -1) if a in self.flip else slice(None) for a in "xyz")
+        return np.asfortranarray(data[rev])
 
 
 def _tiff_pages(path: str) -> int:
@@ -472,11 +529,7 @@ def _slice_ref(files: list[str], origin: str, opts: SliceOptions, local: bool = 
     if opts.order_file:
         from .slices import match_order, parse_order
 
-        try:
-            with open(opts.order_file, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise UserError(f"{opts.order_file}: cannot read the order file ({e.strerror or e})") from None
+        text = read_text_file(opts.order_file, "order file")
         ordered = match_order(parse_order(text, opts.order_file), [f for f in files if f is not None],
                               opts.order_file)
     for f in ordered if local else ():
@@ -489,7 +542,7 @@ def _slice_ref(files: list[str], origin: str, opts: SliceOptions, local: bool = 
 def prepare(ref: SourceRef) -> SourceRef:
     """Make a reference cheap to read from anywhere (gzipped files get an uncompressed copy)."""
     if ref.kind == "nibabel" and os.path.isfile(ref.path) and _is_gzipped(ref.path):
-        return SourceRef(kind="nibabel", path=decompress_to_temp(ref.path), origin=ref.origin)
+        return replace(ref, path=decompress_to_temp(ref.path))
     return ref
 
 
@@ -528,6 +581,8 @@ def open_source(ref: SourceRef) -> VolumeSource:
         src = TiffStackSource(ref.path, ref.origin, Orientation(ref.transpose, ref.flip))
     else:
         raise ValueError(f"unknown source kind {ref.kind!r}")
+    if ref.kind in ("array", "npy", "nibabel") and (ref.flip or ref.transpose):
+        src = OrientedSource(src, ref.flip, ref.transpose)     # slice stacks orient each slice themselves
     with _LOCK:
         _OPEN[key] = src
     return src

@@ -102,7 +102,18 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def read_info(store: Store) -> dict:
-    blob = store.get("info")
+    """The volume ``info`` of the dataset at ``store``, validated as ``ngconvert check`` does."""
+    return read_info_checked(store)
+
+
+def read_info_checked(store: Store, blob: bytes | None = None) -> dict:
+    """The ``info`` of a precomputed volume, checked with the rules of ``ngconvert check``
+    (keys, types, scales); any problem is one :class:`UserError` line naming the file.
+    ``blob``: the info's bytes when the caller has already read them."""
+    from .check import Report, check_volume_info
+
+    blob = store.get("info") if blob is None else blob
+    where = store.describe("info")
     if blob is None:
         if store.exists(".ngconvert/plan.json"):
             raise UserError(f"{store.url} is an unfinished conversion (no info yet); finish it with "
@@ -110,7 +121,17 @@ def read_info(store: Store) -> dict:
         raise UserError(f"{store.url}: no 'info' file; give the folder of a precomputed dataset")
     try:
         info = json.loads(blob)
-        info["scales"][0]["size"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise UserError(f"{store.url}/info is not a precomputed volume info file") from None
+    except ValueError as e:
+        raise UserError(f"{where}: is not valid JSON ({e}); fix it or re-run the conversion") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{where}: is not a JSON object; fix it or re-run the conversion")
+    kind = info.get("@type", "neuroglancer_multiscale_volume")
+    if kind != "neuroglancer_multiscale_volume":
+        raise UserError(f"{where}: @type {kind!r} is not a precomputed volume (neuroglancer_multiscale_volume); "
+                        "give the folder of an image or segmentation layer")
+    r = Report(store.url)
+    check_volume_info(info, r)
+    if r.problems:
+        more = f" (and {len(r.problems) - 1} more problem(s); see 'ngconvert check')" if len(r.problems) > 1 else ""
+        raise UserError(f"{where}: {r.problems[0]}{more}; fix it or re-run the conversion")
     return info

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from .codecs import gzip_decompress
-from .errors import UserError
+from .errors import UserError, check_local_path
 from .retry import RetryPolicy
 
 T = TypeVar("T")
@@ -348,7 +348,7 @@ class FileStore(Store):
     ``.ngconvert/tmp`` and go when the run is finished."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+        self.root = Path(check_local_path(root, "folder"))
         self.url = str(self.root)
         self._made: set[str] = set()
 

@@ -32,6 +32,21 @@ def value_range(src: VolumeSource, check_float32: bool = False) -> tuple[float, 
     return (lo if lo is not None else 0), (hi if hi is not None else 0), exact
 
 
+def float32_overflow(src: VolumeSource) -> float | None:
+    """The largest finite magnitude of the values when it exceeds float32's range, else None
+    (one streamed pass)."""
+    limit = float(np.finfo(np.float32).max)
+    big = 0.0
+    for block in _slabs(src):
+        if block.size == 0:
+            continue
+        with np.errstate(invalid="ignore"):
+            a = np.abs(block[np.isfinite(block)]) if not np.isfinite(block).all() else np.abs(block)
+        if a.size:
+            big = max(big, float(a.max()))
+    return big if big > limit else None
+
+
 def sample(src: VolumeSource, max_voxels: int = 8 << 20) -> np.ndarray:
     """Evenly spaced whole z-slices, at most about ``max_voxels`` voxels."""
     x, y, z = src.info.shape

@@ -44,8 +44,11 @@ def start_view(datasets: list[str], port: int = 0, bind: str = "127.0.0.1", segm
                layout: str | None = None, verbose: bool = False, storage: StorageOptions | None = None):
     """Start the server; returns (server, viewer URL, state).  Local folders are served,
     URLs (http(s)://, s3://, gs://) are read from where they are."""
+    from .hosting import check_port
+
     if not datasets:
         raise UserError("give one or more datasets to view")
+    check_port(port, "--port", allow_zero=True)
     names = _names(datasets)
     mounts: dict[str, str] = {CLIENT_PATH: str(client_dir())}
     local = {}

@@ -52,12 +52,9 @@ def _json(store: Store, key: str):
 
 def load_dataset(store: Store, name: str, source: str, read_range: bool = True) -> Dataset:
     """Read what the state needs from a dataset on any store."""
-    info = _json(store, "info")
-    if info is None:
-        raise UserError(f"{store.url} has no info file; give the folder or URL of a precomputed dataset")
-    if info.get("@type", "neuroglancer_multiscale_volume") != "neuroglancer_multiscale_volume" or \
-            "scales" not in info:
-        raise UserError(f"{store.url} is not a precomputed volume (info @type {info.get('@type')!r})")
+    from .stats import read_info_checked
+
+    info = read_info_checked(store)
     ds = Dataset(name, source, info, _json(store, "transform.json"))
     if ds.kind == "segmentation":
         colors = _json(store, "segment_colors.json") or {}
@@ -220,7 +217,24 @@ def build_state(datasets: list[Dataset], segments="all", layout: str | None = No
     return state
 
 
+def check_http_url(url: str, flag: str = "--viewer") -> str:
+    """An ``http(s)://host[...]`` URL without spaces, else one :class:`UserError` line."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(str(url))
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in url)
+        parts.port        # raises ValueError for a bad port
+    except ValueError:
+        ok = False
+    if not ok:
+        example = DEFAULT_VIEWER if flag == "--viewer" else "https://data.example.org/atlas"
+        raise UserError(f"{flag} {url!r}: give an http:// or https:// URL, e.g. {example}")
+    return url
+
+
 def state_url(state: dict, viewer: str = DEFAULT_VIEWER) -> str:
+    check_http_url(viewer)
     text = json.dumps(state, separators=(",", ":"))
     return viewer.rstrip("/") + "/#!" + quote(text, safe="")
 

@@ -5,8 +5,6 @@ read as zeros, as in the viewer.
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from .codecs import decode_chunk
@@ -20,13 +18,9 @@ class PrecomputedVolume:
     def __init__(self, store: Store, info: dict | None = None):
         self.store = store
         if info is None:
-            blob = store.get("info")
-            if blob is None:
-                raise UserError(f"{store.url} has no info file; give the folder of a precomputed layer")
-            try:
-                info = json.loads(blob)
-            except ValueError:
-                raise UserError(f"{store.describe('info')} is not valid JSON") from None
+            from .stats import read_info_checked
+
+            info = read_info_checked(store)
         if info.get("@type", "neuroglancer_multiscale_volume") != "neuroglancer_multiscale_volume" or \
                 "scales" not in info:
             raise UserError(f"{store.url} is not a precomputed volume (info @type {info.get('@type')!r})")

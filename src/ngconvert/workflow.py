@@ -34,10 +34,11 @@ import dataclasses
 import json
 import os
 import sys
+import types
 from dataclasses import dataclass
 
 from .convert import ConvertOptions, convert
-from .errors import UserError
+from .errors import UserError, read_text_file
 from .slices import parse_order
 from .store import StorageOptions, open_store
 
@@ -111,8 +112,7 @@ def _safe_name(z: int, name: str, ext: str) -> str:
 def download_ordered_slices(wf: SliceWorkflow, storage: StorageOptions, quiet: bool) -> list[str | None]:
     """Download the slices the order file names; return the local file of each z."""
     try:
-        with open(wf.sorted_filename, encoding="utf-8") as f:
-            order = parse_order(f.read(), wf.sorted_filename)
+        order = parse_order(read_text_file(wf.sorted_filename, "order file"), wf.sorted_filename)
     except OSError as e:
         raise UserError(f"{wf.sorted_filename}: cannot read the order file ({e.strerror or e})") from None
     src = open_store(f"s3://{wf.s3_bucket_name_for_download}", storage)
@@ -191,21 +191,94 @@ def run_native(obj: dict, path: str, storage: StorageOptions, quiet: bool, worke
     if not isinstance(given, dict) or set(given) - fields:
         bad = sorted(set(given) - fields) if isinstance(given, dict) else ["(not an object)"]
         raise UserError(f"{path}: unknown conversion option(s) {', '.join(bad)}")
-    for name in ("resolution", "voxel_offset", "chunk_size", "factor", "cseg_block_size"):
-        if isinstance(given.get(name), list):
-            given = {**given, name: tuple(given[name])}
+    if "storage" in given:
+        raise UserError(f"{path}: options.storage: give 'storage' at the top level of the config, beside 'options'")
+    given = {name: _option_value(name, value, path) for name, value in given.items()}
+    base = os.path.dirname(os.path.abspath(path))
+    for name in ("labels", "order_file"):
+        if isinstance(given.get(name), str):
+            given[name] = _beside(given[name], base)
     stored = StorageOptions.from_json(obj["storage"]) if "storage" in obj else storage
     opts = ConvertOptions(**{"quiet": quiet, "workers": workers, **given, "storage": stored})
-    return convert(obj["source"], obj["dest"], opts)
+    return convert(_beside(obj["source"], base), _beside(obj["dest"], base), opts)
+
+
+def _beside(value: str, base: str) -> str:
+    """A relative local path of a config, taken from the config file's folder (URLs as they are)."""
+    if "://" in value or value == "" or os.path.isabs(value):
+        return value
+    return os.path.join(base, value)
+
+
+def _describe_type(hint) -> str:
+    import typing
+
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(a) for a in args) + " or null"
+    if typing.get_origin(hint) is tuple:
+        kind = "integers" if args and args[0] is int else "numbers"
+        return f"a list of {len(args)} {kind}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "an object",
+            list: "a list"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _matches(hint, value) -> bool:
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(a, value) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        args = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and len(value) == len(args) and all(
+            _matches(a, v) for a, v in zip(args, value))
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint in (str, dict, list):
+        return isinstance(value, hint)
+    return True          # object: checked where it is used
+
+
+def _option_value(name: str, value, path: str):
+    """A config option checked against the type of its ConvertOptions field (lists become tuples)."""
+    import typing
+
+    hint = typing.get_type_hints(ConvertOptions)[name]
+    if name == "mesh":
+        from .meshing import MeshOptions
+
+        if value is None or value is False:
+            return None
+        if value is True:
+            return MeshOptions()
+        known = {f.name for f in dataclasses.fields(MeshOptions)}
+        if not isinstance(value, dict) or set(value) - known:
+            raise UserError(f"{path}: options.mesh must be true or an object with fields {', '.join(sorted(known))}")
+        hints = typing.get_type_hints(MeshOptions)
+        for k, v in value.items():
+            if not _matches(hints[k], v):
+                raise UserError(f"{path}: options.mesh.{k} is {json.dumps(v)}; give {_describe_type(hints[k])}")
+        m = MeshOptions(**value)
+        m.check()
+        return m
+    if not _matches(hint, value):
+        raise UserError(f"{path}: options.{name} is {json.dumps(value)}; give {_describe_type(hint)}")
+    if typing.get_origin(hint) is tuple or (isinstance(value, list) and "tuple" in str(hint)):
+        return tuple(value)
+    return value
 
 
 def run_config(path: str, storage: StorageOptions | None = None, quiet: bool = False, workers=None):
     """Run the conversion a JSON config file describes (either form)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the config file ({e.strerror or e})") from None
+        obj = json.loads(read_text_file(path, "config file"))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(obj, dict):
