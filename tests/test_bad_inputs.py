@@ -419,7 +419,6 @@ CASES = [
     ("convert-labels-empty", CL + ["--labels", "{c}/empty.csv"], None),
     ("convert-labels-duplicate-ids", CL + ["--labels", "{c}/dup.csv"], None),
     ("convert-labels-bad-colour", CL + ["--labels", "{c}/badcolor.csv"], None),
-    ("convert-labels-utf16", CL + ["--labels", "{c}/utf16.csv"], None),
     ("convert-labels-negative-id", CL + ["--labels", "{c}/negid.csv"], None),
     ("convert-labels-json-non-integer-id", CL + ["--labels", "{c}/badid.json"], None),
     ("convert-labels-binary-file", CL + ["--labels", "{c}/img.npy"], None),

@@ -389,7 +389,7 @@ def test_empty_paths(tmp, npy, dataset, args, what):
 
 
 @pytest.mark.parametrize("argv,has,lacks", [
-    (["upload", "a", "b"], "--skip-existing", "--resume"), (["download", "a", "b"], "--skip-existing", "--resume"),
+    (["upload", "a", "b"], "--resume", "--skip-existing"), (["download", "a", "b"], "--resume", "--skip-existing"),
     (["check", "a"], "again", "--resume"), (["convert", "a", "b"], "--resume", "--skip-existing"),
     (["run", "c.json"], '"resume": true', "--resume")])
 def test_interrupt_and_task_failure_advice_fits_the_command(argv, has, lacks):

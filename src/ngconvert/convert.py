@@ -152,6 +152,9 @@ def task_budget(opts: ConvertOptions, src) -> int:
     return SLAB_TASK_BYTES if getattr(src, "whole_slices", False) else DEFAULT_TASK_BYTES
 
 
+MAX_CHUNK_VOXELS = 512 ** 3
+
+
 def _check_option_ranges(opts: ConvertOptions) -> None:
     """Checks that need no data, done before any work."""
     if opts.layer_type not in LAYER_TYPES + ("auto",):
@@ -173,6 +176,13 @@ def _check_option_ranges(opts: ConvertOptions) -> None:
         raise UserError(f"--chunk-size {opts.chunk_size}: give three positive sizes, e.g. 64,64,64")
     if opts.factor is not None and (len(opts.factor) != 3 or any(f < 1 for f in opts.factor)):
         raise UserError(f"--factor {opts.factor}: give three factors of 1 or more, e.g. 2,2,1")
+    if opts.factor is not None and all(f == 1 for f in opts.factor):
+        raise UserError(f"--factor {','.join(map(str, opts.factor))}: a factor of 1 on every axis never shrinks the "
+                        "volume; give at least one factor of 2 or more, e.g. 2,2,1")
+    if opts.chunk_size is not None and len(opts.chunk_size) == 3 and \
+            int(np.prod([int(c) for c in opts.chunk_size], dtype=object)) > MAX_CHUNK_VOXELS:
+        raise UserError(f"--chunk-size {','.join(map(str, opts.chunk_size))}: a chunk of more than "
+                        f"{MAX_CHUNK_VOXELS} voxels (512^3) is too large to hold or to show; give e.g. 64,64,64")
     if opts.max_mips is not None and opts.max_mips < 0:
         raise UserError(f"--max-mips {opts.max_mips}: must be 0 or more")
     check_worker_counts(opts.workers, opts.dask_workers)

@@ -111,7 +111,21 @@ def s3_policy(bucket: str, prefix: str = "") -> dict:
          "Resource": [resource]}]}
 
 
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]")
+
+
+def check_bucket(bucket: str, scheme: str) -> str:
+    """A bucket name as S3 and GCS take them: 3-63 lower-case letters, digits, dots and
+    hyphens (underscores too on GCS), starting and ending with a letter or digit."""
+    if not isinstance(bucket, str) or not _BUCKET.fullmatch(bucket) or ".." in bucket or \
+            (scheme == "s3" and "_" in bucket):
+        raise UserError(f"--bucket {bucket!r}: not a valid {scheme} bucket name (3-63 lower-case letters, digits, "
+                        "dots and hyphens, e.g. my-atlas-data)")
+    return bucket
+
+
 def s3_text(bucket: str, prefix: str = "") -> str:
+    check_bucket(bucket, "s3")
     cors = json.dumps(s3_cors(), indent=2)
     policy = json.dumps(s3_policy(bucket, prefix), indent=2)
     return f"""# S3 setup for serving precomputed datasets from s3://{bucket}/{prefix}
@@ -142,6 +156,7 @@ def apply_s3(bucket: str, prefix: str, storage) -> None:
 
 
 def gcs_text(bucket: str, prefix: str = "") -> str:
+    check_bucket(bucket, "gs")
     cors = json.dumps([{"origin": ["*"], "method": ["GET", "HEAD"], "responseHeader": EXPOSE + CORS_HEADERS,
                         "maxAgeSeconds": 86400}], indent=2)
     return f"""# Google Cloud Storage setup for serving precomputed datasets from gs://{bucket}/{prefix}
