@@ -174,7 +174,7 @@ def revision() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=HERE, capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", ":/src"], cwd=HERE, capture_output=True,
                                text=True).stdout.strip()
         return rev + (" + local changes in src/" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
