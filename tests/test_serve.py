@@ -383,3 +383,28 @@ def test_large_backlog(site):
             s.close()
     finally:
         server.stop()
+
+
+def test_large_files_and_stalled_readers(tmp_path):
+    """Bodies over one block are read by the pool; a client that stops reading is dropped after the
+    timeout instead of holding the answer's memory forever."""
+    data = np.random.default_rng(3).integers(0, 256, 16 << 20, dtype=np.uint8).tobytes()
+    (tmp_path / "big.bin").write_bytes(data)
+    with DatasetServer({"/": tmp_path}, timeout=1.0) as server:
+        assert requests.get(f"{server.url}/big.bin").content == data
+        r = requests.get(f"{server.url}/big.bin", headers={"Range": "bytes=1000-9000000"})
+        assert r.status_code == 206 and r.content == data[1000:9000001]
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        s.connect(_raw(server.url))
+        s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(2.5)                          # not reading
+        got, deadline = 0, time.monotonic() + 20
+        try:
+            while chunk := _recv_by(s, deadline):
+                got += len(chunk)
+        except ConnectionResetError:
+            pass
+        s.close()
+        assert 0 < got < len(data)
+        assert requests.get(f"{server.url}/big.bin", headers={"Range": "bytes=-10"}).content == data[-10:]
