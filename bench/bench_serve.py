@@ -14,7 +14,7 @@ only when it is closed, as a browser does) and ``new`` (a new connection for eve
 as clients without a connection pool do).  Each row starts a fresh server; its peak RSS and
 thread count are sampled every 50 ms.  Columns: requests per second (answers / wall time),
 latency percentiles of the answered requests (from connecting or sending to the last byte),
-failures, server peak RSS and threads.
+failures, the server's CPU time (user + system) over the row, its peak RSS and threads.
 
     python bench/bench_serve.py                              # N = 20, 100, 200; 4,000 requests; both modes
     python bench/bench_serve.py --clients 200 --mode keep-alive --markdown bench/work/serve.md
@@ -155,9 +155,11 @@ async def load(host: str, port: int, reqs, clients: int, keep_alive: bool, timeo
             conn[1].close()
 
     sampler = asyncio.create_task(sample())
+    cpu0 = sum(proc.cpu_times()[:2])
     t0 = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     wall = time.perf_counter() - t0
+    peak["cpu"] = sum(proc.cpu_times()[:2]) - cpu0
     done.set()
     await sampler
     return wall, latencies, failures, peak
@@ -210,10 +212,11 @@ def main() -> None:
             ms = lambda s: f"{s * 1000:.0f}"  # noqa: E731
             rows.append([mode, str(n), str(len(reqs)), f"{len(lat) / wall:.0f}",
                          ms(statistics.median(lat)) if lat else "-", ms(pct(lat, 99)), ms(max(lat, default=0)),
-                         str(len(fails)), f"{peak['rss'] / 2 ** 20:.0f}", str(peak["threads"])])
+                         str(len(fails)), f"{peak['cpu']:.1f}", f"{peak['rss'] / 2 ** 20:.0f}",
+                         str(peak["threads"])])
             print("  ".join(rows[-1]), *fails[:3], sep="\n    " if fails else "", flush=True)
     cols = ["connections", "clients", "requests", "req/s", "p50 ms", "p99 ms", "max ms", "failures",
-            "server RSS MiB", "server threads"]
+            "server CPU s", "server RSS MiB", "server threads"]
     table = format_table(cols, rows)
     print(f"\nngconvert {revision()}, {os.cpu_count()} cores, {args.size}^3 uint8, {args.chunk}^3 chunks, "
           f"timeout {args.timeout:g} s")

@@ -105,20 +105,26 @@ class Mounts:
         self.items = sorted(((("/" + p.strip("/") + "/") if p.strip("/") else "/"), Path(d).resolve())
                             for p, d in mounts.items())
         self.items.sort(key=lambda pd: -len(pd[0]))
+        self._items = [(prefix, root, str(root)) for prefix, root in self.items]
 
     def resolve(self, url_path: str) -> tuple[Path | None, Path | None]:
         """(file, folder mounted) for a request path, or (None, None) when outside every mount."""
+        path, root = self.resolve_str(url_path)
+        return (Path(path), Path(root)) if path is not None else (None, None)
+
+    def resolve_str(self, url_path: str) -> tuple[str | None, str | None]:
+        """``resolve`` with strings (the server's path, a request costs no Path objects)."""
         path = unquote(urlsplit(url_path).path)
         if "\x00" in path or "\\" in path:
             return None, None
-        for prefix, root in self.items:
+        for prefix, root, root_str in self._items:
             if path == prefix.rstrip("/") or path.startswith(prefix):
                 rel = path[len(prefix):] if path.startswith(prefix) else ""
                 parts = rel.split("/")
                 if any(p == ".." for p in parts) or rel.startswith("/"):
                     return None, None
                 norm = posixpath.normpath("/" + rel).lstrip("/")
-                return (root / norm if norm not in ("", ".") else root), root
+                return (os.path.join(root_str, norm) if norm not in ("", ".") else root_str), root_str
         return None, None
 
 
@@ -503,10 +509,9 @@ class DatasetServer:
                                  ("Access-Control-Allow-Headers",
                                   headers.get("access-control-request-headers") or "Range, Content-Type"),
                                  ("Access-Control-Max-Age", "86400"), ("Content-Length", "0")])
-        path, root = self.mounts.resolve(target)
+        path, root = self.mounts.resolve_str(target)
         if path is None:
             return _simple(404, "not found")
-        path, root = str(path), str(root)
         try:
             st = os.stat(path)
         except (OSError, ValueError):
