@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +129,61 @@ def test_the_viewer_shows_data_hosted_by_nginx(nginx):
     assert st3["layers"][0]["segments"] == ["3", "7", "12", "100"]
     lit = (mesh_shot[60:-40, 60:].max(axis=2) > 60).sum()
     assert lit > 5000                                # sharded meshes drawn in the 3-D panel
+
+
+def test_nginx_as_another_user_serves_sharded_datasets(tmp_path):
+    """Shard files get the same mode as every other file (umask honoured), so an nginx whose
+    workers run as www-data (as Debian's does) can read a sharded dataset we wrote."""
+    import stat
+    import tempfile
+
+    if not os.path.exists(NGINX):
+        pytest.fail("nginx is missing: install Debian's nginx (apt-get install nginx; .ci/run does)")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run nginx workers as www-data")
+    root = Path(tempfile.mkdtemp(prefix="ngconvert-www-", dir="/tmp"))
+    try:
+        os.chmod(root, 0o755)
+        seg = label_volume((64, 48, 40))
+        old = os.umask(0o022)
+        try:
+            ngconvert.write_segmentation(seg, root / "seg", resolution=(1000, 1000, 1000), sharded=True,
+                                         shard_bytes=32 << 10, chunk_size=(16, 16, 16),
+                                         mesh=ngconvert.MeshOptions(format="multires", sharded=True))
+        finally:
+            os.umask(old)
+        shards = list((root / "seg").rglob("*.shard"))
+        assert shards
+        for p in (root / "seg").rglob("*"):
+            mode = stat.S_IMODE(p.stat().st_mode)
+            assert mode == (0o755 if p.is_dir() else 0o644), (p, oct(mode))
+        run_dir = tmp_path / "nginx"
+        run_dir.mkdir()
+        port = free_port()
+        temps = " ".join(f"{k}_temp_path {run_dir}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi",
+                                                                  "scgi"))
+        conf = run_dir / "nginx.conf"
+        conf.write_text(f"user www-data;\nworker_processes 1;\nerror_log {run_dir}/error.log;\npid {run_dir}/nginx.pid;"
+                        f"\nevents {{ worker_connections 16; }}\nhttp {{\n access_log off;\n {temps}\n"
+                        f"{nginx_config(str(root), '_', port, '/')}\n}}\n")
+        proc = subprocess.Popen([NGINX, "-p", str(run_dir), "-c", str(conf), "-g", "daemon off;"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.time() + 20
+            while time.time() < deadline:
+                try:
+                    requests.get(url + "/seg/info", timeout=1)
+                    break
+                except requests.ConnectionError:
+                    time.sleep(0.05)
+            for shard in shards:
+                rel = shard.relative_to(root).as_posix()
+                r = requests.get(f"{url}/{rel}", headers={"Range": "bytes=0-15"})
+                assert r.status_code == 206, (rel, r.status_code)
+                assert r.content == shard.read_bytes()[:16]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

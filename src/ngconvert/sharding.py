@@ -201,6 +201,13 @@ class ShardFileWriter:
         self.f.close()
 
 
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file here (0666 less the umask)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_shard(store, key: str, spec: ShardSpec, items: list[tuple[int, int]],
                 fetch: Callable[[int], tuple[bytes, bytes, bool] | None], gzip_level: int = 6) -> int:
     """Write the shard file ``key`` from ``items`` ((minishard, chunk key) pairs); ``fetch``
@@ -214,6 +221,7 @@ def write_shard(store, key: str, spec: ShardSpec, items: list[tuple[int, int]],
         tmpdir = store.root / TMP_DIR
         tmpdir.mkdir(parents=True, exist_ok=True)
     fd, path = tempfile.mkstemp(prefix="ngconvert-shard-", dir=tmpdir)
+    os.fchmod(fd, file_mode())     # mkstemp makes 0600: shards are read like every other file
     os.close(fd)
     try:
         w = ShardFileWriter(path, spec, gzip_level)
