@@ -226,3 +226,40 @@ def test_truncated_npy(tmp):
     (tmp / "v.npy").write_bytes(data[:-1000])
     line = one_line_error(run("convert", tmp / "v.npy", tmp / "out"))
     assert "v.npy" in line and "truncated" in line
+
+
+def _subparsers():
+    import argparse
+
+    from ngconvert.cli import build_parser
+
+    p = build_parser()
+    action = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    return p, action.choices
+
+
+def test_every_command_has_the_same_run_conventions():
+    """Commands that run tasks take the same run flags; every command that writes a
+    destination takes the destination flags; --debug is global.  The flags mean the same
+    everywhere because they are added by one helper."""
+    import argparse
+
+    top, commands = _subparsers()
+    assert "--debug" in top._option_string_actions
+    tasks = {"convert", "assemble", "mesh", "reencode", "transfer", "run"}
+    writers = tasks | {"upload", "download", "mesh-import"}
+    run_flags = {"--quiet", "--workers", "--dask-workers", "--scheduler", "--resume", "--overwrite", "--break-lock"}
+    for name, sub in commands.items():
+        flags = set(sub._option_string_actions)
+        if name in tasks:
+            assert run_flags <= flags, (name, run_flags - flags)
+        if name in writers:
+            assert {"--quiet", "--overwrite", "--break-lock"} <= flags, name
+        for flag in flags & run_flags:
+            action = sub._option_string_actions[flag]
+            kind = {"--workers": argparse._StoreAction, "--dask-workers": argparse._StoreAction,
+                    "--scheduler": argparse._StoreAction}.get(flag, argparse._StoreTrueAction)
+            assert isinstance(action, kind), (name, flag)
+    for name in ("convert", "mesh-import", "upload"):
+        p = run(name, "--help", check=0)
+        assert "--quiet" in p.stdout and "--break-lock" in p.stdout

@@ -74,9 +74,15 @@ def test_legacy_config_downloads_converts_and_uploads(tmp_path, moto_server, sli
     chunk = f"precomputed/MD585/{info['scales'][0]['key']}/0-40_0-30_0-5"
     head = client.head_object(Bucket=out_bucket, Key=chunk)
     assert head["ContentEncoding"] == "gzip"
-    # a second run converts nothing again and skips what is uploaded
+    # a second run converts nothing again and changes nothing in the bucket (info is never
+    # deleted and uploaded again: the public dataset never looks absent)
+    def objects():
+        listed = client.list_objects_v2(Bucket=out_bucket).get("Contents", [])
+        return {o["Key"]: (o["ETag"], o["LastModified"]) for o in listed}
+    before = objects()
     p = run_cli("run", cfg, "--endpoint-url", moto_server.url)
-    assert p.returncode == 0 and "already converted" in p.stderr
+    assert p.returncode == 0 and "already converted" in p.stderr and "nothing to upload" in p.stderr
+    assert objects() == before
 
 
 def test_legacy_config_missing_slices_listed(tmp_path, moto_server, slice_bucket):

@@ -146,13 +146,20 @@ def _add_run_args(p, overwrite: str, resume: str, quiet: str = "no progress bar"
     g = p.add_argument_group("run")
     g.add_argument("--workers", type=int, help="worker processes (default: all cores)")
     _add_dask_args(g)
+    _add_destination_args(g, overwrite, resume, quiet)
+    return g
+
+
+def _add_destination_args(g, overwrite: str, resume: str | None, quiet: str) -> None:
+    """The destination policy's flags (see the README, "Destinations"), the same for every
+    command that writes."""
     g.add_argument("--overwrite", action="store_true", help=overwrite)
-    g.add_argument("--resume", action="store_true", help=resume + " (idempotent: a new run when there is none, "
-                                                            "nothing to do when it is complete)")
+    if resume is not None:
+        g.add_argument("--resume", action="store_true", help=resume + " (idempotent: a new run when there is "
+                                                                "none, nothing to do when it is complete)")
     g.add_argument("--break-lock", action="store_true",
                    help="take the destination even if another run's lock is on it (only when that run is gone)")
     g.add_argument("--quiet", action="store_true", help=quiet)
-    return g
 
 
 def _add_dask_args(g) -> None:
@@ -359,11 +366,7 @@ def _add_mesh_import(sub) -> None:
                    help="mesh format of a new mesh folder (default legacy; an existing one keeps its format)")
     g.add_argument("--lods", type=int, default=3, help="multires levels of detail (default 3)")
     g.add_argument("--quantization-bits", type=int, default=10, choices=[10, 16])
-    g = p.add_argument_group("run")
-    g.add_argument("--overwrite", action="store_true", help="replace meshes the ids already have")
-    g.add_argument("--break-lock", action="store_true", help="take the destination even if another run's "
-                                                            "lock is on it (only when that run is gone)")
-    g.add_argument("--quiet", action="store_true", help="no notes")
+    _add_destination_args(p.add_argument_group("run"), "replace meshes the ids already have", None, "no notes")
     _add_storage_args(p)
 
 
@@ -660,14 +663,9 @@ def _add_transfer(sub) -> None:
         p.add_argument("dest")
         p.add_argument("--skip-existing", action="store_true",
                        help="skip objects whose exact key already exists at the destination")
-        g = p.add_argument_group("run")
-        g.add_argument("--overwrite", action="store_true", help="replace an existing dataset at the destination "
-                                                               "(the old one stays until the copy is complete)")
-        g.add_argument("--resume", action="store_true", help="finish an interrupted copy of the same source "
-                                                            "(idempotent)")
-        g.add_argument("--break-lock", action="store_true", help="take the destination even if another run's "
-                                                                "lock is on it (only when that run is gone)")
-        g.add_argument("--quiet", action="store_true", help="no progress bar")
+        _add_destination_args(p.add_argument_group("run"), "replace an existing dataset at the destination (the "
+                              "old one stays until the copy is complete)", "finish an interrupted copy of the "
+                              "same source", "no progress bar")
         _add_storage_args(p)
 
 
@@ -693,15 +691,17 @@ def _add_run(sub) -> None:
                                    "sorted_filename, ...) or the native form {source, dest, options, storage}. "
                                    "See the README.")
     p.add_argument("config")
-    p.add_argument("--workers", type=int, help="worker processes (default: all cores)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or notes")
+    _add_run_args(p, "replace existing datasets (as the config's \"overwrite\": true)",
+                  "finish an interrupted run (a re-run always resumes)", "no progress bar or notes")
     _add_storage_args(p)
 
 
 def _cmd_run(a) -> int:
-    from .workflow import run_config
+    from .workflow import RunOptions, run_config
 
-    run_config(a.config, _storage(a), quiet=a.quiet, workers=a.workers)
+    run_config(a.config, _storage(a), quiet=a.quiet, workers=a.workers,
+               run=RunOptions(overwrite=a.overwrite, resume=a.resume, break_lock=a.break_lock,
+                              scheduler=a.scheduler, dask_workers=a.dask_workers))
     return 0
 
 

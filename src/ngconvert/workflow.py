@@ -149,7 +149,25 @@ def download_ordered_slices(wf: SliceWorkflow, storage: StorageOptions, quiet: b
     return local
 
 
-def run_slice_workflow(wf: SliceWorkflow, storage: StorageOptions, quiet: bool = False, workers=None):
+@dataclass(frozen=True)
+class RunOptions:
+    """The run flags of ``ngconvert run`` (the same as every task-running command's)."""
+
+    overwrite: bool = False
+    resume: bool = False
+    break_lock: bool = False
+    scheduler: str | None = None
+    dask_workers: int | None = None
+
+    def convert_fields(self) -> dict:
+        """The ConvertOptions fields these flags set (only those given)."""
+        out = {k: v for k, v in (("scheduler", self.scheduler), ("dask_workers", self.dask_workers)) if v}
+        out.update({k: True for k in ("overwrite", "resume", "break_lock") if getattr(self, k)})
+        return out
+
+
+def run_slice_workflow(wf: SliceWorkflow, storage: StorageOptions, quiet: bool = False, workers=None,
+                       run: RunOptions = RunOptions()):
     from .transfer import upload
 
     if wf.endpoint_url and not storage.endpoint_url:
@@ -166,11 +184,13 @@ def run_slice_workflow(wf: SliceWorkflow, storage: StorageOptions, quiet: bool =
     # re-running a finished workflow changes nothing: the conversion and the upload resume
     # (a complete dataset from the same slices and options is left as it is)
     opts = ConvertOptions(resolution=wf.voxel_resolution, units="nm", voxel_offset=wf.voxel_offset,
-                          layer_type="image", overwrite=wf.overwrite, resume=True, quiet=quiet, workers=workers)
+                          layer_type="image", overwrite=wf.overwrite or run.overwrite, resume=True, quiet=quiet,
+                          workers=workers, break_lock=run.break_lock, scheduler=run.scheduler,
+                          dask_workers=run.dask_workers)
     converted = convert(source, wf.folder_to_convert_to, opts)
     dest = f"s3://{wf.s3_bucket_name_for_upload}/{wf.s3_dir_to_write_to.strip('/')}"
-    uploaded = upload(wf.folder_to_convert_to, dest, storage, overwrite=wf.overwrite and not converted.already_complete,
-                      resume=True)
+    uploaded = upload(wf.folder_to_convert_to, dest, storage, resume=True, break_lock=run.break_lock,
+                      overwrite=(wf.overwrite or run.overwrite) and not converted.already_complete)
     if not quiet:
         what = "already converted" if converted.already_complete else f"converted ({converted.chunks} chunks)"
         sent = (f"uploaded {uploaded.copied} objects" if uploaded.copied else "nothing to upload")
@@ -178,7 +198,8 @@ def run_slice_workflow(wf: SliceWorkflow, storage: StorageOptions, quiet: bool =
     return uploaded
 
 
-def run_native(obj: dict, path: str, storage: StorageOptions, quiet: bool, workers=None):
+def run_native(obj: dict, path: str, storage: StorageOptions, quiet: bool, workers=None,
+               run: RunOptions = RunOptions()):
     unknown = sorted(set(obj) - {"source", "dest", "options", "storage"})
     if unknown:
         raise UserError(f"{path}: unknown field(s) {', '.join(unknown)}; the fields are source, dest, "
@@ -199,7 +220,7 @@ def run_native(obj: dict, path: str, storage: StorageOptions, quiet: bool, worke
         if isinstance(given.get(name), str):
             given[name] = _beside(given[name], base)
     stored = StorageOptions.from_json(obj["storage"]) if "storage" in obj else storage
-    opts = ConvertOptions(**{"quiet": quiet, "workers": workers, **given, "storage": stored})
+    opts = ConvertOptions(**{"quiet": quiet, "workers": workers, **given, **run.convert_fields(), "storage": stored})
     return convert(_beside(obj["source"], base), _beside(obj["dest"], base), opts)
 
 
@@ -275,7 +296,8 @@ def _option_value(name: str, value, path: str):
     return value
 
 
-def run_config(path: str, storage: StorageOptions | None = None, quiet: bool = False, workers=None):
+def run_config(path: str, storage: StorageOptions | None = None, quiet: bool = False, workers=None,
+               run: RunOptions = RunOptions()):
     """Run the conversion a JSON config file describes (either form)."""
     try:
         obj = json.loads(read_text_file(path, "config file"))
@@ -285,5 +307,5 @@ def run_config(path: str, storage: StorageOptions | None = None, quiet: bool = F
         raise UserError(f"{path}: the config must be a JSON object")
     storage = storage or StorageOptions()
     if "s3_bucket_name_for_download" in obj or "s3_creds_file" in obj:
-        return run_slice_workflow(parse_slice_workflow(obj, path), storage, quiet, workers)
-    return run_native(obj, path, storage, quiet, workers)
+        return run_slice_workflow(parse_slice_workflow(obj, path), storage, quiet, workers, run)
+    return run_native(obj, path, storage, quiet, workers, run)
