@@ -118,8 +118,7 @@ def refuse_nested(target: Store) -> None:
     if not isinstance(target, FileStore):
         return
     for parent in _real(target.root).parents:
-        if (parent / "info").is_file() and any((parent / n).is_file() for n in (DONE_KEY, "info")) \
-                and _looks_like_dataset(parent):
+        if (parent / "info").is_file() and _looks_like_dataset(parent):
             raise DestinationError(f"destination {target.root} is inside the dataset {parent}; write the new "
                                    "dataset somewhere else (nothing was changed)")
 
@@ -196,7 +195,12 @@ class Lock:
     def acquire(self, break_lock: bool = False) -> None:
         body = json.dumps(self.holder).encode()
         for _attempt in range(3):
-            if self.store.create_exclusive(self.key, body):
+            try:
+                created = self.store.create_exclusive(self.key, body)
+            except OSError as e:
+                raise DestinationError(f"cannot take the lock {self.describe()} ({e.strerror or e}); the folder "
+                                       f"that holds {self.holder['dest']} must be writable") from None
+            if created:
                 self.held = True
                 return
             other = read_record(self.store, self.key) or {}
