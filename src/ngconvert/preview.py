@@ -34,6 +34,8 @@ import os
 from dataclasses import dataclass, field
 
 from .errors import UserError
+from .geometry import ChunkGrid
+from .volume_reader import PrecomputedVolume      # loaded with the package anyway
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,40 @@ class _Source:
         return (tuple(a * x for a, x in zip(b.start, r)), tuple(a * x for a, x in zip(b.stop, r)))
 
 
+class _Volume(PrecomputedVolume):
+    """A reader that keeps the chunks more than one of the expected reads needs (where two
+    sections cross) until their last use, so that each chunk is fetched once."""
+
+    def expect(self, reads) -> None:
+        """``reads``: the ``(scale index, box)`` reads to come."""
+        from collections import Counter
+
+        uses: Counter = Counter()
+        for index, box in reads:
+            chunk = tuple(int(c) for c in self.scale(index)["chunk_sizes"][0])
+            uses.update((index, cell) for cell in ChunkGrid(self.bounds(index), chunk).cells_in(box))
+        self._left = {k: n for k, n in uses.items() if n > 1}      # reads still to use a kept chunk
+        self._kept: dict = {}
+
+    def chunks(self, index, grid, cells):
+        left, kept = getattr(self, "_left", {}), getattr(self, "_kept", {})
+        todo = []
+        for cell in cells:
+            if (index, cell) not in kept:
+                todo.append(cell)
+                continue
+            key, data = kept[(index, cell)]
+            left[(index, cell)] -= 1
+            if left[(index, cell)] <= 0:
+                del kept[(index, cell)]
+            yield cell, key, data
+        for cell, key, data in super().chunks(index, grid, todo):
+            if (index, cell) in left:
+                left[(index, cell)] -= 1
+                kept[(index, cell)] = (key, data)
+            yield cell, key, data
+
+
 def check_size(size, flag: str = "size") -> int:
     if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
         raise UserError(f"{flag} {size!r}: give the picture's width in pixels, {MIN_SIZE} to {MAX_SIZE} "
@@ -161,14 +197,12 @@ def _name(d) -> str:
 def _open(d, storage) -> _Source:
     from .store import Store, open_store
     from .viewer_state import _json
-    from .volume_reader import PrecomputedVolume
-
     if isinstance(d, Store):
         store = d
     else:
         text = os.fspath(d)
         store = open_store(text, storage if "://" in text else None)
-    vol = PrecomputedVolume(store)
+    vol = _Volume(store)
     kind = "segmentation" if vol.info.get("type") == "segmentation" else "image"
     src = _Source(_name(d), store.url, vol, kind)
     if kind == "segmentation":
@@ -272,8 +306,9 @@ def preview_layout(datasets, size: int = DEFAULT_SIZE, storage=None) -> Layout:
     return _layout(_sources(datasets, storage), size)
 
 
-def _section(src: _Source, panel: Panel, index: int):
-    """The panel's pixels of one dataset: ``(values [rows, cols, channels], valid [rows, cols])``."""
+def _sampling(src: _Source, panel: Panel, index: int):
+    """How one dataset fills a panel: ``(scale, box to read or None, columns, rows, valid
+    columns, valid rows)``; columns and rows are the voxel index each pixel samples."""
     import numpy as np
 
     from .geometry import Box
@@ -291,21 +326,29 @@ def _section(src: _Source, panel: Panel, index: int):
         plane = min(max(plane, bounds.start[n]), bounds.stop[n] - 1)       # the base's own box
     ok_c = (cols >= bounds.start[h]) & (cols < bounds.stop[h])
     ok_r = (rows >= bounds.start[v]) & (rows < bounds.stop[v])
-    out_shape = (panel.height, panel.width, vol.channels)
     if not (bounds.start[n] <= plane < bounds.stop[n]) or not ok_c.any() or not ok_r.any():
-        return np.zeros(out_shape, vol.dtype), np.zeros(out_shape[:2], bool)
+        return k, None, cols, rows, ok_c, ok_r
     start, stop = [0, 0, 0], [0, 0, 0]
     start[h], stop[h] = int(cols[ok_c].min()), int(cols[ok_c].max()) + 1
     start[v], stop[v] = int(rows[ok_r].min()), int(rows[ok_r].max()) + 1
     start[n], stop[n] = plane, plane + 1
-    box = Box(tuple(start), tuple(stop))
+    return k, Box(tuple(start), tuple(stop)), cols, rows, ok_c, ok_r
+
+
+def _section(src: _Source, panel: Panel, sampling):
+    """The panel's pixels of one dataset: ``(values [rows, cols, channels], valid [rows, cols])``."""
+    import numpy as np
+
+    vol = src.volume
+    k, box, cols, rows, ok_c, ok_r = sampling
+    if box is None:
+        return np.zeros((panel.height, panel.width, vol.channels), vol.dtype), np.zeros((panel.height, panel.width), bool)
+    h, v = panel.axes
     log.debug("%s: %s section at scale %d, voxels %s", src.name, panel.name, k, box)
-    slab = vol.read(k, box)                                    # [x, y, z, c], one voxel thick along n
-    slab = np.take(slab, 0, axis=n)                            # [h, v, c]
-    ci = np.clip(cols - start[h], 0, slab.shape[0] - 1)
-    ri = np.clip(rows - start[v], 0, slab.shape[1] - 1)
-    values = slab[ci[None, :], ri[:, None]]                    # [rows, cols, c]
-    return values, ok_r[:, None] & ok_c[None, :]
+    slab = np.take(vol.read(k, box), 0, axis=panel.normal)          # [h, v, c]: one voxel thick
+    ci = np.clip(cols - box.start[h], 0, slab.shape[0] - 1)
+    ri = np.clip(rows - box.start[v], 0, slab.shape[1] - 1)
+    return slab[ci[None, :], ri[:, None]], ok_r[:, None] & ok_c[None, :]
 
 
 def _window(sections) -> tuple[float, float]:
@@ -380,7 +423,11 @@ def _render(srcs: list[_Source], layout: Layout, segments):
 
     canvas = np.empty((layout.height, layout.width, 3), np.uint8)
     canvas[:] = BACKGROUND
-    sections = {name: [_section(src, p, i) for i, src in enumerate(srcs)] for name, p in layout.panels.items()}
+    plans = {name: [_sampling(src, p, i) for i, src in enumerate(srcs)] for name, p in layout.panels.items()}
+    for i, src in enumerate(srcs):     # chunks two sections cross are read once
+        src.volume.expect([(plan[i][0], plan[i][1]) for plan in plans.values() if plan[i][1] is not None])
+    sections = {name: [_section(src, p, plan) for src, plan in zip(srcs, plans[name])]
+                for name, p in layout.panels.items()}
     base = srcs[0]
     window = _window([s[0] for s in sections.values()]) if base.kind == "image" else None
     for name, p in layout.panels.items():
