@@ -270,6 +270,14 @@ def test_s3_dataset_through_the_test_server(box_dataset, tmp, moto_server, bucke
     np.testing.assert_array_equal(np.asarray(Image.open(tmp / "s3.png").convert("RGB")), local)
 
 
+def test_http_dataset_through_the_dataset_server(box_dataset):
+    from ngconvert.serve import DatasetServer
+
+    local = ngconvert.preview(box_dataset)
+    with DatasetServer({"/": box_dataset.parent}) as server:
+        np.testing.assert_array_equal(ngconvert.preview(f"{server.url}/box"), local)
+
+
 # -- the command line ---------------------------------------------------------------------
 
 
