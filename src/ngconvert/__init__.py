@@ -6,6 +6,7 @@ from .errors import UserError
 from .labels import LabelTable, read_labels
 from .meshing import MeshOptions, mesh_layer
 from .mesh_import import import_meshes
+from .preview import preview, preview_layout   # light: numpy and Pillow are imported when called
 from .reencode import ReencodeOptions, reencode
 from .spec import LayerSpec
 from .store import StorageOptions, open_store
@@ -13,6 +14,6 @@ from .transfer import copy_dataset, download, upload
 
 __all__ = ["Assembly", "ConvertOptions", "ConvertResult", "LabelTable", "LayerSpec", "MeshOptions", "ReencodeOptions",
            "StorageOptions", "UserError", "assemble", "check", "convert", "copy_dataset", "download",
-           "import_meshes", "mesh_layer", "open_store", "read_labels", "reencode", "split_structures", "upload", "write_segmentation",
+           "import_meshes", "mesh_layer", "open_store", "preview", "preview_layout", "read_labels", "reencode", "split_structures", "upload", "write_segmentation",
            "write_volume"]
 __version__ = "0.1.0"

@@ -232,6 +232,18 @@ def _report(a, res, what: str) -> None:
         extra += f", {res.meshes} meshes" if res.meshes is not None else ""
         print(f"wrote {a.dest}: {len(layer.factors) + 1} scales, {res.chunks} chunks{extra}, "
               f"{res.bytes_written / 1e6:.1f} MB in {res.seconds:.1f} s", file=sys.stderr)
+        _look_hint(a.dest)
+
+
+def _look_hint(dest) -> None:
+    """How to look at a written dataset: a picture, or the viewer."""
+    import shlex
+
+    dest = str(dest)
+    png = (os.path.basename(dest.rstrip("/").split("://", 1)[-1]) or "preview") + ".png" if "://" in dest \
+        else os.path.normpath(dest) + ".png"
+    print(f"  picture: ngconvert preview {shlex.quote(dest)} -o {shlex.quote(png)}", file=sys.stderr)
+    print(f"  viewer:  ngconvert view {shlex.quote(dest)}", file=sys.stderr)
 
 
 def _cmd_convert(a) -> int:
@@ -636,6 +648,31 @@ def _cmd_stats(a) -> int:
     return 0
 
 
+def _add_preview(sub) -> None:
+    p = sub.add_parser("preview", help="write a PNG of three orthogonal mid-sections (no browser)",
+                       description="Draw the XY, XZ and YZ sections through the centre of a dataset side by "
+                                   "side, in physical aspect, with a scale bar and the name; a segmentation "
+                                   "given with an image is drawn over it. Reads only the chunks the "
+                                   "sections cross, at the coarsest scale that fills the picture.")
+    p.add_argument("datasets", nargs="+", metavar="DATASET", help="a dataset folder or URL (s3://, gs://, "
+                                                                  "http(s)://); or an image and a segmentation")
+    p.add_argument("-o", "--output", required=True, metavar="PNG", help="picture to write (.png)")
+    p.add_argument("--size", type=int, default=768, metavar="PX", help="width of the picture (default 768)")
+    p.add_argument("--segments", default="all", help="'all' (default) or comma-separated ids to draw")
+    _add_storage_args(p)
+
+
+def _cmd_preview(a) -> int:
+    from .preview import check_png_path, check_size, preview, write_png
+
+    check_png_path(a.output)
+    check_size(a.size, "--size")
+    image = preview(a.datasets, size=a.size, segments=_segments_arg(a.segments), storage=_storage(a))
+    write_png(image, a.output)
+    print(f"wrote {a.output}: {image.shape[1]}x{image.shape[0]} pixels", file=sys.stderr)
+    return 0
+
+
 def _add_storage_args(p) -> None:
     g = p.add_argument_group("storage (s3:// and gs:// URLs)")
     g.add_argument("--endpoint-url", help="S3-compatible server, e.g. http://127.0.0.1:9000 (default: AWS)")
@@ -748,6 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check(sub)
     _add_serving(sub)
     _add_stats(sub)
+    _add_preview(sub)
     _add_transfer(sub)
     _add_run(sub)
     _add_example(sub)
@@ -756,7 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"convert": _cmd_convert, "assemble": _cmd_assemble, "mesh": _cmd_mesh, "mesh-import": _cmd_mesh_import, "reencode": _cmd_reencode,
             "transfer": _cmd_reencode, "check": _cmd_check, "serve": _cmd_serve,
-            "view": _cmd_view, "url": _cmd_url, "hosting": _cmd_hosting, "stats": _cmd_stats, "example": _cmd_example, "upload": _cmd_transfer,
+            "view": _cmd_view, "url": _cmd_url, "hosting": _cmd_hosting, "stats": _cmd_stats, "preview": _cmd_preview, "example": _cmd_example, "upload": _cmd_transfer,
             "download": _cmd_transfer, "run": _cmd_run}
 
 
