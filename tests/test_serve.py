@@ -176,7 +176,7 @@ def test_hosting_outputs(tmp_path, moto_server, bucket):
     assert rules[0]["AllowedOrigins"] == ["*"] and "Content-Range" in rules[0]["ExposeHeaders"]
     policy = json.loads(client.get_bucket_policy(Bucket=bucket)["Policy"])
     assert policy["Statement"][0]["Action"] == ["s3:GetObject"]
-    p = run("hosting", "gcs", "--bucket", "b", check=0)
+    p = run("hosting", "gcs", "--bucket", "my-atlas", check=0)
     assert "allUsers" in p.stdout and "responseHeader" in p.stdout
 
 
