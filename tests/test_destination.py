@@ -110,7 +110,9 @@ def test_a_crash_between_the_two_renames_is_finished_by_the_next_run(volumes, tm
         ngconvert.convert(volumes / "new.npy", out, opts)
     monkeypatch.setattr(destination.os, "rename", real_rename)
     assert not out.exists() and (tmp_path / ".out.ngconvert-old").is_dir()
-    assert files(tmp_path / ".out.ngconvert-new") == files(volumes / "clean-new")
+    staged = files(tmp_path / ".out.ngconvert-new")
+    assert staged.pop(".ngconvert/ready") is not None          # marked complete, ready to be swapped in
+    assert staged == files(volumes / "clean-new")
     run("convert", volumes / "new.npy", out, *ARGS, "--resume", check=0)
     assert files(out) == files(volumes / "clean-new") and not (tmp_path / ".out.ngconvert-old").exists()
 

@@ -491,6 +491,9 @@ def check(url, storage=None, full: bool = False, sample: int = 64) -> Report:
         r.add("info", "is not a JSON object")
         return r
     kind = info.get("@type", "neuroglancer_multiscale_volume")
+    if store.exists(".ngconvert/publishing"):
+        r.add(".ngconvert/publishing", "an overwrite was interrupted while the new dataset was copied in (old and "
+                                       "new objects are mixed); run that command again with --resume")
     if kind in ("neuroglancer_legacy_mesh", "neuroglancer_multilod_draco"):
         check_meshes(store, "", r, full, sample)
         if isinstance(info.get("segment_properties"), str):

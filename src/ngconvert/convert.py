@@ -436,8 +436,16 @@ def _saved_plan(store: Store, prepared: SourceRef) -> Plan | None:
 def run_record(ref: SourceRef, layer: LayerSpec, array=None) -> dict:
     """What a run is made of: the source's fingerprint and the resolved layer (every option
     that changes the bytes written).  Saved at the start, compared by ``--resume``."""
-    return {"command": "convert", "source": ref.origin, "fingerprint": fingerprint(ref, array),
-            "layer": layer.to_json()}
+    layer_json = layer.to_json()
+    if isinstance(layer_json.get("transform"), dict):     # names the source as typed: compared by its path below
+        layer_json["transform"] = {k: v for k, v in layer_json["transform"].items() if k != "source"}
+    return {"command": "convert", "source": _where(ref.origin), "fingerprint": fingerprint(ref, array),
+            "layer": layer_json}
+
+
+def _where(origin: str) -> str:
+    """A local source by its real path (the same file named another way is the same source)."""
+    return os.path.realpath(origin) if origin and "://" not in origin and os.path.exists(origin) else origin
 
 
 def check_same_run(saved: dict | None, wanted: dict, where: str) -> None:

@@ -36,6 +36,7 @@ import os
 import shutil
 import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,7 @@ SCRATCH = ".ngconvert"
 RUN_KEY = f"{SCRATCH}/run.json"           # the record of an unfinished run
 DONE_KEY = "ngconvert_run.json"           # the record of how a complete dataset was made
 PUBLISH_KEY = f"{SCRATCH}/publishing"     # object stores: a staged dataset being copied into place
+READY_KEY = f"{SCRATCH}/ready"            # a staged dataset complete and about to be swapped in
 REMOTE_STAGING = f"{SCRATCH}/new"
 LEGACY_RUN_KEYS = (f"{SCRATCH}/plan.json", f"{SCRATCH}/reencode.json", f"{SCRATCH}/mesh-plan.json")
 LOCK_ROOT_KEY = ".ngconvert-lock"         # the lock of a dataset at a bucket's root
@@ -193,8 +195,9 @@ class Lock:
         return self.store.describe(self.key)
 
     def acquire(self, break_lock: bool = False) -> None:
+        self.holder.setdefault("token", uuid.uuid4().hex)
         body = json.dumps(self.holder).encode()
-        for _attempt in range(3):
+        for _attempt in range(5):
             try:
                 created = self.store.create_exclusive(self.key, body)
             except OSError as e:
@@ -203,7 +206,11 @@ class Lock:
             if created:
                 self.held = True
                 return
-            other = read_record(self.store, self.key) or {}
+            other = read_record(self.store, self.key)
+            if other is None and not break_lock:
+                raise DestinationError(f"the lock {self.describe()} names no owner (a run killed while taking it?); "
+                                       "if no run is writing there, pass --break-lock")
+            other = other or {}
             stale = other.get("host") == self.holder["host"] and isinstance(other.get("pid"), int) \
                 and not _alive(other["pid"])
             if not (stale or break_lock):
@@ -213,15 +220,40 @@ class Lock:
                     f"{other.get('host', '?')}, pid {other.get('pid', '?')}, since {since}); wait for it, or if "
                     f"it is gone pass --break-lock (or delete {self.describe()})")
             log.info("took over the %slock of %s (host %s, pid %s)", "stale " if stale else "",
-                        self.holder["dest"], other.get("host"), other.get("pid"))
-            self.store.delete(self.key)
+                     self.holder["dest"], other.get("host"), other.get("pid"))
+            self._take_over(other)
         raise DestinationError(f"{self.describe()}: could not take the lock; another run keeps taking it")
+
+    def _take_over(self, seen: dict) -> None:
+        """Remove the lock judged stale, and only that one: locally it is first renamed
+        aside (atomic), and put back if another run had replaced it meanwhile."""
+        if not isinstance(self.store, FileStore):
+            self.store.delete(self.key)
+            return
+        path = self.store.root / self.key
+        aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return                                    # another run took it over first
+        try:
+            moved = json.loads(aside.read_text())
+        except (OSError, ValueError):
+            moved = {}
+        if seen and moved != seen:
+            try:
+                os.link(aside, path)                  # a fresh lock: give it back
+            except FileExistsError:
+                pass
+        aside.unlink()
 
     def release(self) -> None:
         if self.held:
             self.held = False
             try:
-                self.store.delete(self.key)
+                current = read_record(self.store, self.key) or {}
+                if current.get("token") == self.holder.get("token"):    # never another run's lock
+                    self.store.delete(self.key)
             except Exception as e:   # the run's outcome matters more than the lock's removal
                 log.warning("could not remove the lock %s (%s); delete it by hand", self.describe(), e)
 
@@ -259,6 +291,8 @@ def exchange_folders(new: Path, dest: Path) -> None:
     """Put the folder ``new`` at ``dest`` in one step; the old ``dest`` (if any) ends up at
     ``new``.  Two renames where the atomic exchange is not available."""
     new, dest = Path(new), Path(dest)
+    if not new.is_dir():
+        raise DestinationError(f"{new} is missing: nothing to swap into {dest}; run again with --overwrite")
     if not dest.exists():
         os.rename(new, dest)
         return
@@ -269,48 +303,63 @@ def exchange_folders(new: Path, dest: Path) -> None:
         os.rename(side, new)
 
 
+def is_ready(staging: Store) -> bool:
+    """A staged dataset counts as complete only with the marker :meth:`Claim.finish` writes
+    just before the swap (after a local exchange the staging place holds the OLD dataset,
+    complete but unmarked, until it is deleted)."""
+    return staging.exists(READY_KEY) and state_of(staging) == COMPLETE
+
+
 def _swap_local(staging: FileStore, target: FileStore) -> None:
     new, dest, old = _real(staging.root), _real(target.root), _old_for(target)
     if dest.exists():
-        if not _exchange(new, dest):
-            os.rename(dest, old)         # the fallback: a moment with the old dataset beside
+        if _exchange(new, dest):
+            os.rename(new, old)                   # the old dataset, out of the staging place
+        else:
+            os.rename(dest, old)                  # the fallback: a moment with the old dataset beside
             os.rename(new, dest)
-            shutil.rmtree(old, ignore_errors=True)
-            return
-        shutil.rmtree(new, ignore_errors=True)     # now the old dataset
     else:
         os.rename(new, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    target.delete(READY_KEY)
 
 
 def _recover_local(target: FileStore) -> None:
-    """Finish a local swap that a crash interrupted between its two renames."""
-    old = _old_for(target)
-    if not old.exists():
-        return
-    dest = _real(target.root)
-    if not dest.exists():
-        staging = _staging_for(target)
-        if state_of(staging) == COMPLETE:
-            os.rename(staging.root, dest)
-        else:
-            os.rename(old, dest)
-            return
-    shutil.rmtree(old, ignore_errors=True)
+    """Finish a local swap that a crash interrupted; remove what a finished one left."""
+    old, dest, staging = _old_for(target), _real(target.root), _staging_for(target)
+    if old.exists():
+        if not dest.exists():
+            if is_ready(staging):
+                os.rename(staging.root, dest)
+            else:
+                os.rename(old, dest)
+                return
+        shutil.rmtree(old, ignore_errors=True)
+    if staging.root.exists() and state_of(staging) == COMPLETE and not staging.exists(READY_KEY):
+        shutil.rmtree(staging.root, ignore_errors=True)     # the old dataset, exchanged out
+    if dest.exists() and target.exists(READY_KEY):
+        target.delete(READY_KEY)
 
 
 def publish(staging: Store, target: Store, workers: int | None = None) -> None:
     """Object stores: copy a complete staged dataset over ``target`` (``info`` last), then
-    delete the old objects it does not have.  Idempotent: a crash is finished by running
-    it again (the marker :data:`PUBLISH_KEY` says it was started)."""
-    target.put(PUBLISH_KEY, b"{}", content_type="application/json")
-    new_keys = {k for k, _s in staging.list("") if not _is_scratch(k)}
+    delete the old objects it does not have.  The list of the new keys is saved first in
+    :data:`PUBLISH_KEY`, so a crash anywhere is finished by running it again."""
+    from .store import content_type_for
+
+    saved = read_record(target, PUBLISH_KEY)
+    if saved is not None and isinstance(saved.get("keys"), list):
+        new_keys = set(saved["keys"])
+    else:
+        new_keys = {k for k, _s in staging.list("") if not _is_scratch(k)}
+        target.put(PUBLISH_KEY, json.dumps({"keys": sorted(new_keys)}).encode(), content_type="application/json")
 
     def copy(key: str) -> None:
         raw = staging.get_raw(key)
-        if raw is not None:
-            from .store import content_type_for
-
-            target.put(key, raw.data, content_encoding=raw.content_encoding, content_type=content_type_for(key))
+        if raw is None:
+            raise DestinationError(f"{staging.describe(key)} is missing from the staged dataset; run the same "
+                                   "command with --overwrite to write it again")
+        target.put(key, raw.data, content_encoding=raw.content_encoding, content_type=content_type_for(key))
     n = workers or max(target.max_in_flight, 1)
     for _ in parallel_map(copy, sorted(k for k in new_keys if k != "info"), n):
         pass
@@ -318,8 +367,8 @@ def publish(staging: Store, target: Store, workers: int | None = None) -> None:
     stale = [k for k, _s in target.list("") if not _is_scratch(k) and k not in new_keys]
     for _ in parallel_map(target.delete, stale, n):
         pass
+    target.delete(PUBLISH_KEY)      # before the staged copy goes: from here the target is the dataset
     staging.clear()
-    target.delete(PUBLISH_KEY)
 
 
 class locked:
@@ -378,6 +427,7 @@ class Claim:
                     for key in (RUN_KEY, *LEGACY_RUN_KEYS):
                         self.store.delete(key)
                 if self.staged:
+                    self.store.put(READY_KEY, b"{}", content_type="application/json")
                     if isinstance(self.target, FileStore):
                         _swap_local(self.store, self.target)
                     else:
@@ -402,19 +452,17 @@ def claim(target: Store, *, overwrite: bool = False, resume: bool = False, break
     :class:`DestinationError` (nothing changed) when the policy refuses.  ``adopt``: the
     caller takes whatever is there as part of its result (``--skip-existing``)."""
     refuse_nested(target)
-    target.check_writable()
     holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "command": command,
               "dest": target.url}
     place, key = _lock_place(target)
     lock = Lock(place, key, holder)
     lock.acquire(break_lock)
     try:
+        target.check_writable()               # under the lock: a probe never lands in another run's dataset
         if isinstance(target, FileStore):
             _recover_local(target)
         elif target.exists(PUBLISH_KEY):
-            staging = _staging_for(target)
-            if state_of(staging) == COMPLETE:
-                publish(staging, target)          # a crash during the last swap: finish it
+            publish(_staging_for(target), target)     # a crash while the new dataset was copied in: finish it
         c = Claim(target, target, "resume") if adopt and not overwrite else _decide(target, overwrite, resume, what)
         c.lock = lock
         if c.mode == "new":
@@ -443,7 +491,7 @@ def _decide(target: Store, overwrite: bool, resume: bool, what: str) -> Claim:
     if resume:
         if staged_state == INTERRUPTED:
             return Claim(target, staging, "resume", True, _run_record(staging))
-        if staged_state == COMPLETE:
+        if staged_state == COMPLETE and staging.exists(READY_KEY):
             return Claim(target, staging, "resume", True, read_record(staging, DONE_KEY))
         if state == INTERRUPTED:
             return Claim(target, target, "resume", False, _run_record(target))

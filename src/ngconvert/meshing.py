@@ -543,19 +543,27 @@ def _run_mesh_layer(store, info, plan, target, executor, workers, scheduler, das
         return _finish_mesh_layer(store, plan, target, ex, quiet, resume)
 
 
+SWAP_MARK = ".ngconvert-new-meshes"     # inside a new mesh folder until it has been swapped in
+
+
 def _finish_mesh_layer(store, plan: MeshPlan, target: dict, ex, quiet: bool, resume: bool) -> MeshResult:
     from .destination import exchange_folders
-    from .store import FileStore
 
-    result = run_mesh_plan(store, plan, None, quiet, resume, executor=ex)
     work, final, old = target["work"], target["final"], target.get("old")
+    if work != final and store.exists(f"{final}/{SWAP_MARK}"):
+        result = MeshResult()              # an interrupted run had swapped them in already
+    else:
+        result = run_mesh_plan(store, plan, None, quiet, resume, executor=ex)
+        if work != final:                  # local: swap the complete new folder in, in one step
+            store.put(f"{work}/{SWAP_MARK}", b"")
+            exchange_folders(store.root / work, store.root / final)
+    if work != final:
+        shutil.rmtree(store.root / work, ignore_errors=True)       # now the old meshes
     info = dict(plan.info)
     info["mesh"] = final
-    if work != final:                        # local: swap the complete new folder in, in one step
-        exchange_folders(store.root / work, store.root / final)
-        shutil.rmtree(store.root / work, ignore_errors=True)       # now the old meshes
     store.put("info", dumps(info), content_type="application/json")
     if old and old != final:
         store.delete_prefix(old + "/")       # info no longer names it
+    store.delete(f"{final}/{SWAP_MARK}")
     store.delete_prefix(".ngconvert/")       # mesh scratch, the plan and temporaries: the layer is complete
     return result

@@ -470,14 +470,19 @@ class FileStore(Store):
                     break
 
     def create_exclusive(self, key, data):
+        """Written whole to a temporary file, then linked to ``key`` (atomic, and fails when
+        ``key`` exists): a reader never sees it half written."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(tmp, path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        finally:
+            tmp.unlink()
         return True
 
     def child(self, prefix):

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from .errors import UserError
 from .plan import SCRATCH
-from .destination import DestinationError, claim, refuse_overlap
+from .destination import PUBLISH_KEY, DestinationError, claim, refuse_overlap
 from .store import FileStore, StorageOptions, Store, content_type_for, decode, open_store, parallel_map
 
 INFO = "info"
@@ -96,7 +96,11 @@ def copy_dataset(src: Store, dst: Store, skip_existing: bool = False, workers: i
     refuse_overlap([src.root] if isinstance(src, FileStore) else [], dst, "source dataset")
     if isinstance(src, FileStore) and isinstance(dst, FileStore):
         refuse_overlap([dst.root], src, "destination")
-    sizes = {k: s for k, s in src.list("") if not _ignored(k)}
+    listed = list(src.list(""))
+    if any(k == PUBLISH_KEY for k, _s in listed):
+        raise UserError(f"{src.url} is half replaced (an overwrite was interrupted while the new dataset was "
+                        "copied in); finish it first by running that command again with --resume")
+    sizes = {k: s for k, s in listed if not _ignored(k)}
     if INFO not in sizes:
         raise UserError(f"{src.url} holds no 'info' object, so it is not a finished precomputed "
                         "dataset; finish the conversion first (ngconvert convert --resume)")
@@ -105,8 +109,9 @@ def copy_dataset(src: Store, dst: Store, skip_existing: bool = False, workers: i
                adopt=skip_existing) as c:
         if c.mode == "resume" and not skip_existing:
             _same_copy(c.record, record, dst.url)
-        if c.mode == "complete" and not skip_existing and dst.get(INFO) != src.get(INFO):
-            raise DestinationError(f"destination {dst.url} holds another dataset (its info differs from "
+        if c.mode == "complete" and not skip_existing and (
+                dst.get(INFO) != src.get(INFO) or {k: n for k, n in dst.list("") if not _ignored(k)} != sizes):
+            raise DestinationError(f"destination {dst.url} holds another dataset (its info or objects differ from "
                                    f"{src.url}'s); pass --overwrite to replace it")
         if c.mode == "complete" and not skip_existing:
             return TransferResult(src.url, dst.url, 0, 0, len(sizes), sum(sizes.values()), time.perf_counter() - t0)
