@@ -324,3 +324,72 @@ def test_check_catches_dangling_references(seg):
     info["segment_properties"] = "segment_properties"
     (seg / "info").write_text(json.dumps(info))
     assert "segment_properties/info: missing" in run("check", seg).stdout
+
+
+# -- crashes inside the swap (regressions) ----------------------------------------------------
+
+def test_a_crash_right_after_the_exchange_keeps_the_new_dataset(volumes, tmp_path, monkeypatch):
+    out = copy_of_old(volumes, tmp_path)
+    real_rename = os.rename
+
+    def crash(a, b):
+        raise KeyboardInterrupt("killed right after the exchange")
+    monkeypatch.setattr(destination.os, "rename", crash)
+    opts = ngconvert.ConvertOptions(layer_type="image", chunk_size=(32, 32, 32), gzip_level=9, workers=1,
+                                    overwrite=True, quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        ngconvert.convert(volumes / "new.npy", out, opts)
+    monkeypatch.setattr(destination.os, "rename", real_rename)
+    assert data(out) == data(volumes / "clean-new") | {".ngconvert/ready": b"{}"}
+    # the old dataset left at the staging place is not taken for a staged new one
+    p = run("convert", volumes / "new.npy", out, *ARGS, "--resume", check=0)
+    assert "already complete" in p.stderr
+    assert files(out) == files(volumes / "clean-new") | {"ngconvert_run.json": files(out)["ngconvert_run.json"]}
+    assert not (tmp_path / ".out.ngconvert-new").exists() and not (tmp_path / ".out.ngconvert-old").exists()
+
+
+def test_a_crash_after_the_mesh_exchange_is_not_swapped_back(seg, monkeypatch):
+    from ngconvert import meshing
+
+    real = meshing.shutil.rmtree
+
+    def crash(path, *a, **k):
+        raise KeyboardInterrupt("killed while the old meshes were deleted")
+    monkeypatch.setattr(meshing.shutil, "rmtree", crash)
+    with pytest.raises(KeyboardInterrupt):
+        meshing.mesh_layer(seg, meshing.MeshOptions(format="multires"), overwrite=True, workers=1)
+    monkeypatch.setattr(meshing.shutil, "rmtree", real)
+    assert json.loads((seg / "mesh" / "info").read_text())["@type"] == "neuroglancer_multilod_draco"
+    new = {k: v for k, v in files(seg / "mesh").items() if k != meshing.SWAP_MARK}
+    run("mesh", seg, "--format", "multires", "--resume", "--workers", "1", "--quiet", check=0)
+    assert files(seg / "mesh") == new and not (seg / "mesh.ngconvert-new").exists()
+    assert run("check", seg, "--full").returncode == 0
+
+
+def test_a_crash_while_publishing_on_s3_is_finished_by_the_next_run(moto_server, bucket, monkeypatch):
+    from ngconvert.s3 import S3Store
+    from ngconvert.store import StorageOptions
+
+    opts = StorageOptions(endpoint_url=moto_server.url)
+    url = f"s3://{bucket}/pub"
+    a = label_volume((48, 40, 24), np.uint32)
+    b = label_volume((48, 40, 24), np.uint32, seed=9)
+    ngconvert.write_segmentation(a, url, chunk_size=(8, 8, 8), storage=opts)
+    real_delete = S3Store.delete
+
+    def crash(self, key):
+        if "/" in key and not key.startswith(".ngconvert"):       # an old chunk (not the lock)
+            raise KeyboardInterrupt("killed while old objects were deleted")
+        real_delete(self, key)
+    monkeypatch.setattr(S3Store, "delete", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ngconvert.write_segmentation(b, url, chunk_size=(16, 16, 16), storage=opts, overwrite=True)
+    monkeypatch.setattr(S3Store, "delete", real_delete)
+    store = open_store(url, opts)
+    assert store.exists(".ngconvert/publishing")
+    assert "half replaced" in str(pytest.raises(UserError, ngconvert.download, url, "/tmp/never-written", opts).value)
+    ngconvert.write_segmentation(b, url, chunk_size=(16, 16, 16), storage=opts, overwrite=True, resume=True)
+    keys = {k for k, _ in store.list()}
+    assert not any(k.startswith(".ngconvert") for k in keys)
+    assert json.loads(store.get("info"))["scales"][0]["chunk_sizes"] == [[16, 16, 16]]
+    assert not any("-8_" in k for k in keys if k.startswith("1_1_1/"))             # old 8^3 chunks gone
