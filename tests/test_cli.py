@@ -231,7 +231,7 @@ def test_truncated_npy(tmp):
 def _subparsers():
     import argparse
 
-    from ngconvert.cli import build_parser
+    from ngconvert.cli.main import build_parser
 
     p = build_parser()
     action = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))

@@ -180,7 +180,7 @@ def test_sigkill_at_several_points_then_resume(tmp_path, clean_run, when):
 def test_a_task_that_keeps_failing_ends_the_run_naming_it(tmp_path, monkeypatch):
     import importlib
 
-    conv = importlib.import_module("ngconvert.convert")     # the module, not the function of that name
+    conv = importlib.import_module("ngconvert.pipelines.convert")     # the module, not the function of that name
 
     a = smooth_volume((96, 96, 64), np.uint8)
     np.save(tmp_path / "a.npy", a)

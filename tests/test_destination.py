@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import ngconvert
-from ngconvert import destination
-from ngconvert.errors import UserError
-from ngconvert.store import open_store
+from ngconvert.store import destination
+from ngconvert.core.errors import UserError
+from ngconvert.store.open import open_store
 from conftest import label_volume, one_line_error, read_cloudvolume, read_info, run, smooth_volume
 
 pytest_plugins = ("s3server",)
@@ -175,7 +175,7 @@ def test_stale_and_foreign_locks(volumes, tmp_path):
 
 
 def test_lock_on_s3_is_a_conditional_create(moto_server, bucket):
-    from ngconvert.store import StorageOptions
+    from ngconvert.store.base import StorageOptions
 
     target = open_store(f"s3://{bucket}/locked", StorageOptions(endpoint_url=moto_server.url))
     c = destination.claim(target, command="test")
@@ -236,7 +236,7 @@ def test_reencode_and_copies_resume_idempotently(volumes, tmp_path):
 # -- object stores: staged, then copied over the old dataset (info last) ------------------------
 
 def test_overwrite_on_s3_replaces_only_when_complete(moto_server, bucket, tmp_path):
-    from ngconvert.store import StorageOptions
+    from ngconvert.store.base import StorageOptions
 
     opts = StorageOptions(endpoint_url=moto_server.url)
     url = f"s3://{bucket}/lab"
@@ -349,7 +349,7 @@ def test_a_crash_right_after_the_exchange_keeps_the_new_dataset(volumes, tmp_pat
 
 
 def test_a_crash_after_the_mesh_exchange_is_not_swapped_back(seg, monkeypatch):
-    from ngconvert import meshing
+    from ngconvert.meshes import meshing
 
     real = meshing.shutil.rmtree
 
@@ -367,8 +367,8 @@ def test_a_crash_after_the_mesh_exchange_is_not_swapped_back(seg, monkeypatch):
 
 
 def test_a_crash_while_publishing_on_s3_is_finished_by_the_next_run(moto_server, bucket, monkeypatch):
-    from ngconvert.s3 import S3Store
-    from ngconvert.store import StorageOptions
+    from ngconvert.store.s3 import S3Store
+    from ngconvert.store.base import StorageOptions
 
     opts = StorageOptions(endpoint_url=moto_server.url)
     url = f"s3://{bucket}/pub"

@@ -10,8 +10,8 @@ import requests
 
 import ngconvert
 from conftest import label_volume, read_cloudvolume, run
-from ngconvert.serve import DatasetServer
-from ngconvert.viewer_state import Dataset, build_state
+from ngconvert.hosting.serve import DatasetServer
+from ngconvert.hosting.viewer_state import Dataset, build_state
 
 
 def no_traceback(p):

@@ -4,10 +4,10 @@ import struct
 import numpy as np
 import pytest
 
-from ngconvert.codecs import EncodingOptions, encode_chunk, encoding_problem
-from ngconvert.downsample import mean_from_sums, pool_sum, pool_values
-from ngconvert.geometry import Box
-from ngconvert.tasks import cast
+from ngconvert.codecs.chunks import EncodingOptions, encode_chunk, encoding_problem
+from ngconvert.codecs.kernels import mean_from_sums, pool_sum, pool_values
+from ngconvert.core.geometry import Box
+from ngconvert.tasks.regions import cast
 
 
 def test_pool_sum_exact_with_unaligned_start_and_edges():
@@ -83,7 +83,7 @@ def test_encoding_rules():
 
 
 def test_pool_sum_and_means_across_many_z_slabs(monkeypatch):
-    import ngconvert.downsample as ds
+    import ngconvert.codecs.kernels as ds
 
     rng = np.random.default_rng(3)
     a = np.asfortranarray(rng.integers(0, 65535, (13, 11, 29, 2)).astype(np.uint16))

@@ -15,9 +15,9 @@ import sys
 import numpy as np
 import pytest
 
-from ngconvert.errors import UserError
-from ngconvert.labels import auto_color, detect_format, read_labels, table_from_mapping
-from ngconvert.segment_properties import segment_colors, segment_properties
+from ngconvert.core.errors import UserError
+from ngconvert.properties.labels import auto_color, detect_format, read_labels, table_from_mapping
+from ngconvert.properties.segment_properties import segment_colors, segment_properties
 from segprops_rules import check_segment_properties
 
 # ---------------------------------------------------------------- the atlas, in every format
@@ -380,7 +380,7 @@ def test_auto_color_is_deterministic_across_processes():
     here = [auto_color(i) for i in ids]
     assert here == [auto_color(i) for i in ids]
     assert all(len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in here)
-    code = f"from ngconvert.labels import auto_color; print([list(auto_color(i)) for i in {ids!r}])"
+    code = f"from ngconvert.properties.labels import auto_color; print([list(auto_color(i)) for i in {ids!r}])"
     env = dict(os.environ, PYTHONHASHSEED="12345")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert json.loads(out.stdout) == [list(c) for c in here]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import ngconvert
-from ngconvert.meshing import MeshOptions
+from ngconvert.meshes.meshing import MeshOptions
 from conftest import one_line_error, run
 
 

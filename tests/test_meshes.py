@@ -10,7 +10,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 import ngconvert
-from ngconvert.meshing import MeshOptions, mesh_layer
+from ngconvert.meshes.meshing import MeshOptions, mesh_layer
 from conftest import run
 
 
@@ -189,7 +189,7 @@ def test_serial_and_parallel_meshes_are_identical(tmp_path):
 
 
 def test_interrupted_meshing_resumes_to_the_same_bytes(tmp_path):
-    from ngconvert.executors import SerialExecutor
+    from ngconvert.tasks.executors import SerialExecutor
 
     a = blobs((64, 64, 48), seed=7, n=6)
     for name in ("clean", "broken"):
@@ -217,8 +217,8 @@ def test_interrupted_meshing_resumes_to_the_same_bytes(tmp_path):
 def test_multires_node_holding_only_sub_quantum_geometry():
     """A node whose triangles all collapse at 10-bit precision gets an empty fragment (Draco
     refuses a mesh of degenerate triangles)."""
-    from ngconvert.mesh_formats import collapse_quantized, multires_segment, parse_multires_manifest
-    from ngconvert.mesh_geometry import concat
+    from ngconvert.meshes.formats import collapse_quantized, multires_segment, parse_multires_manifest
+    from ngconvert.meshes.geometry import concat
 
     g = np.meshgrid(*(np.arange(40) for _ in range(3)), indexing="ij", sparse=True)
     import zmesh
@@ -238,7 +238,7 @@ def test_multires_node_holding_only_sub_quantum_geometry():
 def test_coarse_lods_of_an_off_grid_mesh_finish(tmp_path):
     """A welded LOD-0 mesh whose vertices are off the simplifier's half-voxel grid once made
     zmesh's simplifier loop forever (label 564 of the 128 benchmark volume)."""
-    code = ("import numpy as np\nfrom ngconvert.meshing import simplify_levels\n"
+    code = ("import numpy as np\nfrom ngconvert.meshes.meshing import simplify_levels\n"
             f"d = np.load({str(Path(__file__).parent / 'data' / 'mesh_564.npz')!r})\n"
             "lv = simplify_levels((d['v'], d['f']), 500.0, 1000.0, 3)\n"
             "print([len(f) for _v, f in lv])\n")

@@ -17,11 +17,11 @@ import requests
 
 import ngconvert
 from conftest import label_volume
-from ngconvert.hosting import nginx_config
-from ngconvert.serve import DatasetServer
-from ngconvert.view import CLIENT_PATH, client_dir
-from ngconvert.viewer_state import build_state, load_dataset, state_url
-from ngconvert.store import FileStore
+from ngconvert.hosting.configs import nginx_config
+from ngconvert.hosting.serve import DatasetServer
+from ngconvert.hosting.view import CLIENT_PATH, client_dir
+from ngconvert.hosting.viewer_state import build_state, load_dataset, state_url
+from ngconvert.store.local import FileStore
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 

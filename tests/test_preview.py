@@ -16,9 +16,10 @@ from PIL import Image
 
 import ngconvert
 from conftest import one_line_error, run, smooth_volume
-from ngconvert.labels import auto_color
-from ngconvert.preview import ALPHA, preview_layout
-from ngconvert.store import FileStore, StorageOptions
+from ngconvert.properties.labels import auto_color
+from ngconvert.datasets.preview import ALPHA, preview_layout
+from ngconvert.store.local import FileStore
+from ngconvert.store.base import StorageOptions
 
 pytest_plugins = ("s3server",)
 
@@ -271,7 +272,7 @@ def test_s3_dataset_through_the_test_server(box_dataset, tmp, moto_server, bucke
 
 
 def test_http_dataset_through_the_dataset_server(box_dataset):
-    from ngconvert.serve import DatasetServer
+    from ngconvert.hosting.serve import DatasetServer
 
     local = ngconvert.preview(box_dataset)
     with DatasetServer({"/": box_dataset.parent}) as server:
@@ -317,7 +318,7 @@ def test_convert_says_how_to_look_at_the_result(tmp):
 
 
 def test_preview_is_the_function_even_after_its_module_is_imported():
-    import ngconvert.cli  # noqa: F401
-    import ngconvert.preview  # noqa: F401
+    import ngconvert.cli.main  # noqa: F401
+    import ngconvert.datasets.preview  # noqa: F401
 
     assert callable(ngconvert.preview) and ngconvert.preview.__name__ == "preview"

@@ -1,10 +1,10 @@
 """Pure planning functions: chunk shapes, factors, scale boxes, keys, stage plans."""
 import pytest
 
-from ngconvert.geometry import Box, ChunkGrid, chunk_key
-from ngconvert.plan import plan_stages
-from ngconvert.pyramid import choose_chunk_size, plan_factors, scale_boxes
-from ngconvert.spec import LayerSpec
+from ngconvert.core.geometry import Box, ChunkGrid, chunk_key
+from ngconvert.plan.stages import plan_stages
+from ngconvert.plan.pyramid import choose_chunk_size, plan_factors, scale_boxes
+from ngconvert.plan.spec import LayerSpec
 
 
 def test_chunk_size_isotropic_anisotropic_and_thin():
@@ -62,8 +62,8 @@ def test_stages_cover_every_level_once_and_tasks_tile_the_top_level(size, offset
     stages = plan_stages(layer, workers=2, task_bytes=8 << 20)
     written = [lvl for s in stages for lvl in range(s.first, s.top + 1)]
     assert written == list(range(len(layer.factors) + 1))
-    from ngconvert.plan import Plan
-    from ngconvert.sources import SourceRef
+    from ngconvert.plan.stages import Plan
+    from ngconvert.sources.open import SourceRef
 
     plan = Plan(layer, SourceRef("array"), "uint8", stages)
     scales = layer.scales()

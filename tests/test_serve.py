@@ -14,8 +14,8 @@ import requests
 
 import ngconvert
 from conftest import label_volume, run, smooth_volume
-from ngconvert.errors import UserError
-from ngconvert.serve import DatasetServer, parse_range
+from ngconvert.core.errors import UserError
+from ngconvert.hosting.serve import DatasetServer, parse_range
 
 pytest_plugins = ("s3server",)
 

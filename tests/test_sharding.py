@@ -21,8 +21,8 @@ import pytest
 import ngconvert
 from checks import check_dataset
 from conftest import label_volume, read_cloudvolume, read_info, run, smooth_volume
-from ngconvert.meshing import MeshOptions
-from ngconvert.sharding import ShardSpec, compressed_morton
+from ngconvert.meshes.meshing import MeshOptions
+from ngconvert.codecs.sharding import ShardSpec, compressed_morton
 
 pytest_plugins = ("s3server",)
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from ngconvert.errors import UserError
-from ngconvert.retry import RetryPolicy, StorageUnavailable
-from ngconvert.store import (FileStore, MemoryStore, RawObject, StorageOptions, StoreItem,
-                             content_type_for, open_store, parallel_map)
+from ngconvert.core.errors import UserError
+from ngconvert.store.retry import RetryPolicy, StorageUnavailable
+from ngconvert.store.local import FileStore, MemoryStore
+from ngconvert.store.base import RawObject, StorageOptions, StoreItem, content_type_for, parallel_map
+from ngconvert.store.open import open_store
 from s3server import FlakyProxy, MotoServer, always, closed_port, every, first
 
 pytest_plugins = ("s3server",)   # its fixtures, registered once for the whole session
@@ -62,9 +63,9 @@ def test_storage_options_json_round_trip_and_validation(tmp_path):
 
 
 def test_open_store_picks_the_store_for_each_url(tmp_path, s3_env):
-    from ngconvert.gcs import GCSStore
-    from ngconvert.http_store import HTTPStore
-    from ngconvert.s3 import S3Store
+    from ngconvert.store.gcs import GCSStore
+    from ngconvert.store.http import HTTPStore
+    from ngconvert.store.s3 import S3Store
 
     assert isinstance(open_store(tmp_path / "a"), FileStore)
     f = open_store(f"file://{tmp_path}/b")
@@ -592,10 +593,10 @@ def test_gcs_ranged_reads_and_whole_shards(gcs_server, gcs_bucket, tmp_path):
     shard = next(k for k, _ in store.list(key + "/") if k.endswith(".shard"))
     whole = store.get_raw(shard).data
     assert store.get_range(shard, 5, 37) == whole[5:37]
-    from ngconvert.check import check
+    from ngconvert.datasets.check import check
 
     assert check(url, opts, full=True).problems == []
-    from ngconvert.transfer import download
+    from ngconvert.datasets.transfer import download
 
     download(url, tmp_path / "back", opts)
     np.testing.assert_array_equal(read_cloudvolume(tmp_path / "back", 0)[..., 0], a)

@@ -12,10 +12,12 @@ import pytest
 
 import ngconvert
 from conftest import label_volume, read_cloudvolume, smooth_volume
-from ngconvert.errors import UserError
-from ngconvert.retry import StorageUnavailable
-from ngconvert.store import FileStore, MemoryStore, StorageOptions, open_store
-from ngconvert.transfer import TransferResult, copy_dataset, download, upload
+from ngconvert.core.errors import UserError
+from ngconvert.store.retry import StorageUnavailable
+from ngconvert.store.local import FileStore, MemoryStore
+from ngconvert.store.base import StorageOptions
+from ngconvert.store.open import open_store
+from ngconvert.datasets.transfer import TransferResult, copy_dataset, download, upload
 from s3server import FlakyProxy, every
 
 pytest_plugins = ("s3server",)   # its fixtures, registered once for the whole session
@@ -127,7 +129,7 @@ def test_copy_refuses_a_source_without_info(tmp_path):
 
 
 def test_download_from_http_is_refused_clearly(tmp_path):
-    from ngconvert.http_store import HTTPStore
+    from ngconvert.store.http import HTTPStore
 
     class Reachable(HTTPStore):
         def check_readable(self):

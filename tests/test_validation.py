@@ -240,8 +240,8 @@ def test_assemble_bad_origins(tmp, masks, text, says):
 def test_assemble_sparse_box_allowed_when_forced(tmp, masks, monkeypatch):
     import importlib
 
-    asm = importlib.import_module("ngconvert.assemble")
-    from ngconvert.errors import UserError
+    asm = importlib.import_module("ngconvert.pipelines.assemble")
+    from ngconvert.core.errors import UserError
 
     (tmp / "o.csv").write_text("Brain,0,0,0\nCortex,200000,0,0\n")     # 3.2 M voxels of mostly nothing
     monkeypatch.setattr(asm, "SPARSE_VOXELS", 1000)
@@ -393,8 +393,8 @@ def test_empty_paths(tmp, npy, dataset, args, what):
     (["check", "a"], "again", "--resume"), (["convert", "a", "b"], "--resume", "--skip-existing"),
     (["run", "c.json"], '"resume": true', "--resume")])
 def test_interrupt_and_task_failure_advice_fits_the_command(argv, has, lacks):
-    from ngconvert.cli import _continue_advice, _fit_advice, build_parser
-    from ngconvert.executors import TasksFailed
+    from ngconvert.cli.main import _continue_advice, _fit_advice, build_parser
+    from ngconvert.tasks.executors import TasksFailed
 
     args = build_parser().parse_args(argv)
     advice = _continue_advice(args)
@@ -439,7 +439,7 @@ def test_colour_components_out_of_range(tmp, npy, name, text, says):
 
 
 def test_colour_hex_shorthand_still_read():
-    from ngconvert.labels import parse_color
+    from ngconvert.properties.labels import parse_color
 
     assert parse_color("#300") == (0x33, 0, 0) and parse_color("fff") == (255, 255, 255)
     assert parse_color("300,0,0".replace("300", "200")) == (200, 0, 0)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import ngconvert
-from ngconvert.view import CLIENT_PATH, start_view
-from ngconvert.viewer_state import state_url
+from ngconvert.hosting.view import CLIENT_PATH, start_view
+from ngconvert.hosting.viewer_state import state_url
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

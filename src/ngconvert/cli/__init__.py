@@ -1,0 +1,1 @@
+"""Layer 11: the ``ngconvert`` command (``ngconvert.cli.main:main``)."""
