@@ -131,3 +131,19 @@ def test_no_upward_imports():
     upward = [f"{a} -> {b}" for a, targets in sorted(_graph().items()) for b in sorted(targets)
               if _layer(b, layers) > _layer(a, layers)]
     assert upward == []
+
+
+def test_no_package_imports_inside_functions():
+    """Package-internal imports sit at the top of modules; only optional third-party
+    libraries are imported inside functions."""
+    inner = []
+    for name, path in _modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("ngconvert")):
+                        inner.append(f"{path.relative_to(PKG)}:{node.lineno}")
+                    elif isinstance(node, ast.Import) and any(a.name.split(".")[0] == "ngconvert" for a in node.names):
+                        inner.append(f"{path.relative_to(PKG)}:{node.lineno}")
+    assert inner == []

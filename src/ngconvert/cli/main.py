@@ -22,6 +22,25 @@ from ..sources.precomputed_info import read_info
 from ..tasks.progress import TransferBar
 from ..store.base import StorageOptions
 from ..store.open import open_store
+from ..core.errors import check_local_path
+from ..datasets.check import check
+from ..datasets.preview import check_png_path, check_size, preview, write_png
+from ..datasets.reencode import ReencodeOptions, reencode
+from ..datasets.transfer import download, upload
+from ..hosting import configs as hosting
+from ..hosting.configs import check_port
+from ..hosting.serve import DatasetServer
+from ..hosting.view import run_view
+from ..hosting.viewer_state import build_state, check_http_url, load_dataset, source_for, state_url
+from ..meshes.importing import import_meshes, read_id_list, read_transform
+from ..meshes.meshing import MeshOptions, mesh_layer
+from ..pipelines.assemble import MAX_VOXELS, assemble
+from ..pipelines.convert import split_structures
+from ..pipelines.examples import write_example
+from ..pipelines.workflow import RunOptions, run_config
+from ..sources.precomputed_info import read_info_checked
+from ..store.local import FileStore
+from ..tasks.executors import check_worker_counts
 
 
 def _vec(kind, name: str, count: int = 3):
@@ -88,8 +107,6 @@ def _add_mesh_args(g, format_flags=("--mesh-format",)) -> None:
 
 
 def _mesh_options(a, default_format: str = "legacy"):
-    from ..meshes.meshing import MeshOptions
-
     ids = None
     if a.mesh_ids:
         try:
@@ -255,7 +272,6 @@ def _look_hint(dest) -> None:
 
 def _cmd_convert(a) -> int:
     if a.split:
-        from ..pipelines.convert import split_structures
 
         if a.dry_run or a.resume:
             raise UserError("--split runs one conversion per structure; --dry-run and --resume are not available "
@@ -303,7 +319,6 @@ def _add_assemble(sub) -> None:
 def _cmd_assemble(a) -> int:
     from dataclasses import replace
 
-    from ..pipelines.assemble import MAX_VOXELS, assemble
 
     if a.dry_run:
         raise UserError("--dry-run is not available for assemble; run it on a new folder")
@@ -333,10 +348,6 @@ def _add_mesh(sub) -> None:
 
 
 def _cmd_mesh(a) -> int:
-    from ..meshes.meshing import mesh_layer
-
-    from ..tasks.executors import check_worker_counts
-    from ..sources.precomputed_info import read_info_checked
 
     check_worker_counts(a.workers, a.dask_workers)
     _mesh_options(a).check()
@@ -390,8 +401,6 @@ def _add_mesh_import(sub) -> None:
 
 
 def _cmd_mesh_import(a) -> int:
-    from ..meshes.importing import import_meshes, read_id_list, read_transform
-
     if a.ids and a.id is not None:
         raise UserError("give --id or --ids, not both")
     if a.ids:
@@ -447,8 +456,6 @@ def _add_reencode(sub) -> None:
 
 
 def _cmd_reencode(a) -> int:
-    from ..datasets.reencode import ReencodeOptions, reencode
-
     if a.command == "reencode" and not (a.encoding or a.chunk_size or a.sharded is not None or a.block_size
                                         or a.compress != "auto"):
         raise UserError("reencode needs a change: --encoding, --chunk-size, --sharded/--unsharded, --block-size "
@@ -481,8 +488,6 @@ def _add_check(sub) -> None:
 
 
 def _cmd_check(a) -> int:
-    from ..datasets.check import check
-
     if a.sample < 1:
         raise UserError(f"--sample {a.sample}: give 1 or more")
     report = check(a.dataset, _storage(a), full=a.full, sample=a.sample)
@@ -561,9 +566,6 @@ def _segments_arg(text: str):
 
 
 def _cmd_serve(a) -> int:
-    from ..hosting.configs import check_port
-    from ..hosting.serve import DatasetServer
-
     check_port(a.port, "--port", allow_zero=True)
     if not os.path.isdir(a.folder):
         raise UserError(f"{a.folder}: no such folder; give the folder of your datasets")
@@ -580,17 +582,12 @@ def _cmd_serve(a) -> int:
 
 
 def _cmd_view(a) -> int:
-    from ..hosting.view import run_view
-
     run_view(a.datasets, port=a.port, bind=a.bind, segments=_segments_arg(a.segments), layout=a.layout,
              verbose=a.verbose, browser=not a.no_browser, storage=_storage(a))
     return 0
 
 
 def _cmd_url(a) -> int:
-    from ..store.local import FileStore
-    from ..hosting.viewer_state import build_state, check_http_url, load_dataset, source_for, state_url
-
     check_http_url(a.viewer)
     for base in a.base_url:
         check_http_url(base, "--base-url")
@@ -619,8 +616,6 @@ def _cmd_url(a) -> int:
 
 
 def _cmd_hosting(a) -> int:
-    from ..hosting import configs as hosting
-
     if a.host == "nginx":
         if not os.path.isdir(a.folder):
             raise UserError(f"{a.folder}: no such folder")
@@ -670,8 +665,6 @@ def _add_preview(sub) -> None:
 
 
 def _cmd_preview(a) -> int:
-    from ..datasets.preview import check_png_path, check_size, preview, write_png
-
     check_png_path(a.output)
     check_size(a.size, "--size")
     image = preview(a.datasets, size=a.size, segments=_segments_arg(a.segments), storage=_storage(a))
@@ -714,8 +707,6 @@ def _add_transfer(sub) -> None:
 
 
 def _cmd_transfer(a) -> int:
-    from ..datasets.transfer import download, upload
-
     bar = TransferBar(a.command + "ing", quiet=a.quiet)
     fn = upload if a.command == "upload" else download
     try:
@@ -741,8 +732,6 @@ def _add_run(sub) -> None:
 
 
 def _cmd_run(a) -> int:
-    from ..pipelines.workflow import RunOptions, run_config
-
     run_config(a.config, _storage(a), quiet=a.quiet, workers=a.workers,
                run=RunOptions(overwrite=a.overwrite, resume=a.resume, break_lock=a.break_lock,
                               scheduler=a.scheduler, dask_workers=a.dask_workers))
@@ -756,9 +745,6 @@ def _add_example(sub) -> None:
 
 
 def _cmd_example(a) -> int:
-    from ..core.errors import check_local_path
-    from ..pipelines.examples import write_example
-
     folder = check_local_path(a.folder, "example folder")
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"{folder}: exists and is not a folder; give a new or existing folder for the example")

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import imagecodecs
 import numpy as np
+from ..core.errors import UserError
+# compressed_segmentation, compresso: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 ENCODINGS = ("raw", "jpeg", "png", "compressed_segmentation", "compresso")
 
@@ -34,7 +36,6 @@ class EncodingOptions:
 def check_codec_options(gzip_level=None, jpeg_quality=None, png_level=None, block_size=None) -> None:
     """One-line :class:`~ngconvert.core.errors.UserError` for a codec parameter out of its range
     (``None``: not given); shared by every command that encodes chunks."""
-    from ..core.errors import UserError
 
     def whole(v):
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool)

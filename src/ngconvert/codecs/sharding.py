@@ -26,6 +26,9 @@ import numpy as np
 
 from ..core.gzip import gzip_compress
 from ..core.errors import UserError
+from ..store.base import TMP_DIR
+from ..store.local import FileStore
+# mmh3: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 HASHES = ("identity", "murmurhash3_x86_128")
 ENCODINGS = ("raw", "gzip")
@@ -214,8 +217,6 @@ def write_shard(store, key: str, spec: ShardSpec, items: list[tuple[int, int]],
     returns (data, prefix, already encoded) for a key, or None (nothing stored for it).
     Returns the number of entries.  A local dataset's shard is built in its own temporary
     folder (then renamed into place), others in the system's temporary folder."""
-    from ..store.base import TMP_DIR
-    from ..store.local import FileStore
 
     tmpdir = None
     if isinstance(store, FileStore):

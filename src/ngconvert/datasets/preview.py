@@ -40,6 +40,12 @@ from dataclasses import dataclass, field
 from ..core.errors import UserError
 from ..core.geometry import ChunkGrid
 from ..sources.precomputed import PrecomputedVolume      # loaded with the package anyway
+from ..core.geometry import Box
+from ..properties.labels import auto_color
+from ..properties.segment_properties import COLORS_KEY
+from ..store.base import Store, load_json
+from ..store.open import open_store
+# Pillow (PIL): imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 log = logging.getLogger(__name__)
 
@@ -192,16 +198,11 @@ def check_png_path(path, flag: str = "-o") -> str:
 
 
 def _name(d) -> str:
-    from ..store.base import Store
-
     text = d.url if isinstance(d, Store) else os.fspath(d)
     return os.path.basename(os.path.normpath(text.split("://", 1)[-1].rstrip("/"))) or "data"
 
 
 def _open(d, storage) -> _Source:
-    from ..store.base import Store
-    from ..store.open import open_store
-    from ..store.base import load_json
     if isinstance(d, Store):
         store = d
     else:
@@ -211,7 +212,6 @@ def _open(d, storage) -> _Source:
     kind = "segmentation" if vol.info.get("type") == "segmentation" else "image"
     src = _Source(_name(d), store.url, vol, kind)
     if kind == "segmentation":
-        from ..properties.segment_properties import COLORS_KEY
 
         table = load_json(store, COLORS_KEY) or {}
         colors = table.get("colors", {}) if isinstance(table, dict) else {}
@@ -220,8 +220,6 @@ def _open(d, storage) -> _Source:
 
 
 def _sources(datasets, storage) -> list[_Source]:
-    from ..store.base import Store
-
     if isinstance(datasets, (str, os.PathLike, Store)):
         datasets = [datasets]
     datasets = list(datasets)
@@ -316,7 +314,6 @@ def _sampling(src: _Source, panel: Panel, index: int):
     columns, valid rows)``; columns and rows are the voxel index each pixel samples."""
     import numpy as np
 
-    from ..core.geometry import Box
 
     vol = src.volume
     k = panel.scales[index]
@@ -392,7 +389,6 @@ def _colorize(ids, colors: dict[str, str]):
     """RGB of every id (``[rows, cols]``): the stored colour, else the automatic one; 0 black."""
     import numpy as np
 
-    from ..properties.labels import auto_color
 
     uniq, inverse = np.unique(ids, return_inverse=True)
     lut = np.zeros((len(uniq), 3), np.uint8)

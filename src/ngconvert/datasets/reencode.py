@@ -33,6 +33,8 @@ from ..store.local import FileStore, MemoryStore
 from ..store.base import Store, StorageOptions, content_type_for
 from ..store.open import open_store
 from ..sources.precomputed import PrecomputedVolume
+from ..tasks.executors import ThreadExecutor
+from .transfer import copy_dataset
 
 PLAN_KEY = f"{SCRATCH}/reencode.json"
 TASK_BYTES = 64 << 20
@@ -323,8 +325,6 @@ def reencode(source, dest, opts: ReencodeOptions | None = None, executor=None) -
 
 
 def _reencode(source, dest, opts: ReencodeOptions, ex) -> ReencodeResult:
-    from .transfer import copy_dataset
-
     t0 = time.perf_counter()
     if opts.encoding is not None and opts.encoding not in ENCODINGS:
         raise UserError(f"--encoding {opts.encoding}: choose one of {', '.join(ENCODINGS)}")
@@ -394,7 +394,6 @@ def _write_reencoded(src, c, src_info, dst_info, opts, ex, result, resume: bool)
     dst = c.store
     if ex.workers > 1 and not getattr(ex, "is_dask", False) and (
             isinstance(src, MemoryStore) or isinstance(dst, MemoryStore)):
-        from ..tasks.executors import ThreadExecutor
 
         ex = ThreadExecutor(ex.workers)
     ctx = {"src": src, "dst": dst, "src_info": src_info, "dst_info": dst_info, "opts": opts}

@@ -9,6 +9,7 @@ from ..core.geometry import Box
 from ..plan.pyramid import chunk_count
 from ..plan.spec import format_number
 from ..store.base import Store
+from ..codecs.sharding import ShardedReader, ShardSpec
 
 
 def _human(n: float) -> str:
@@ -54,7 +55,6 @@ def scale_rows(info: dict, store: Store | None = None) -> list[dict]:
 
 def _sharded_chunks(store: Store, scale: dict) -> int:
     """Chunks stored in a sharded scale, counted from the minishard indexes."""
-    from ..codecs.sharding import ShardedReader, ShardSpec
 
     spec = ShardSpec.from_json(scale["sharding"])
     reader = ShardedReader(store, scale["key"], spec)

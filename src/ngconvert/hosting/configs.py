@@ -14,6 +14,7 @@ import os
 import re
 
 from ..core.errors import UserError
+from ..store.s3 import S3Store
 
 CORS_HEADERS = ["Range", "Content-Type", "Accept-Encoding"]
 EXPOSE = ["Content-Range", "Content-Encoding", "Content-Length", "Accept-Ranges", "ETag"]
@@ -143,8 +144,6 @@ def s3_text(bucket: str, prefix: str = "") -> str:
 
 
 def apply_s3(bucket: str, prefix: str, storage) -> None:
-    from ..store.s3 import S3Store
-
     store = S3Store(f"s3://{bucket}/{prefix}", storage)
     client = store._client()
     try:

@@ -17,6 +17,8 @@ from ..store.local import FileStore
 from ..store.base import StorageOptions
 from ..store.open import open_store
 from .viewer_state import build_state, load_dataset, source_for, state_url
+from .configs import check_port
+# neuroglancer: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 CLIENT_PATH = "/v/ngconvert/"
 
@@ -46,7 +48,6 @@ def start_view(datasets: list[str], port: int = 0, bind: str = "127.0.0.1", segm
                layout: str | None = None, verbose: bool = False, storage: StorageOptions | None = None):
     """Start the server; returns (server, viewer URL, state).  Local folders are served,
     URLs (http(s)://, s3://, gs://) are read from where they are."""
-    from .configs import check_port
 
     if not datasets:
         raise UserError("give one or more datasets to view")

@@ -19,6 +19,9 @@ import numpy as np
 from ..core.errors import UserError
 from ..store.base import Store
 from ..store.base import load_json
+from ..codecs.sharding import ShardedReader, ShardSpec
+from ..sources.precomputed import PrecomputedVolume
+from ..sources.precomputed_info import read_info_checked
 
 UNIT_TO_M = {"nm": 1e-9, "um": 1e-6, "mm": 1e-3, "m": 1.0}
 DEFAULT_VIEWER = "https://neuroglancer-demo.appspot.com"
@@ -43,7 +46,6 @@ class Dataset:
 
 def load_dataset(store: Store, name: str, source: str, read_range: bool = True) -> Dataset:
     """Read what the state needs from a dataset on any store."""
-    from ..sources.precomputed_info import read_info_checked
 
     info = read_info_checked(store)
     ds = Dataset(name, source, info, load_json(store, "transform.json"))
@@ -72,7 +74,6 @@ def mesh_ids(store: Store, directory: str, limit: int = MAX_LISTED) -> set[int]:
     so that a segmentation without segment properties still shows its meshes."""
     import re
 
-    from ..codecs.sharding import ShardedReader, ShardSpec
 
     out: set[int] = set()
     minfo = load_json(store, f"{directory}/info") or {}
@@ -102,7 +103,6 @@ def mesh_ids(store: Store, directory: str, limit: int = MAX_LISTED) -> set[int]:
 
 def _value_range(store: Store, info: dict) -> tuple[float, float] | None:
     """Contrast for an image layer: 0.5 and 99.5 percentiles of the coarsest scale."""
-    from ..sources.precomputed import PrecomputedVolume
 
     if info.get("data_type") == "uint8" or int(info.get("num_channels", 1)) == 3:
         return None                        # the viewer's default range is right

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .geometry import Mesh, concat, cut_into_cells, weld
+# DracoPy: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 LEGACY_INFO = {"@type": "neuroglancer_legacy_mesh"}
 IDENTITY_3X4 = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]

@@ -25,6 +25,12 @@ from .geometry import concat, flip_winding, mirrors, transform as apply_affine
 from .meshing import write_segment
 from ..sources.base import UNIT_TO_NM
 from ..core.jsonio import dumps
+from ..properties.labels import load_table
+from ..properties.segment_properties import PROPERTIES_DIR, segment_properties
+from ..sources.precomputed_info import read_info_checked
+from ..store.destination import locked
+from ..store.open import open_store
+# nibabel, trimesh: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 FREESURFER_SURFACES = ("pial", "white", "inflated", "sphere", "orig", "smoothwm", "midthickness", "graymid")
 TRIMESH_SUFFIXES = (".obj", ".stl", ".ply", ".off")
@@ -215,7 +221,6 @@ def _target(store, fmt: str | None):
         if fmt and fmt != have:
             raise UserError(f"{store.url} holds {have} meshes; pass --format {have}")
         return "meshes", "", have, None
-    from ..sources.precomputed_info import read_info_checked
 
     info = read_info_checked(store, blob)
     if info.get("type") != "segmentation":
@@ -235,8 +240,6 @@ def _target(store, fmt: str | None):
 def import_meshes(items, dest, *, storage=None, break_lock: bool = False, **kw) -> ImportResult:
     """Write surface meshes as segment meshes (see :func:`_import_meshes`), holding the
     destination's lock so that no other run writes it meanwhile."""
-    from ..store.destination import locked
-    from ..store.open import open_store
 
     store = open_store(dest, storage if "://" in str(dest) else None)
     store.check_writable()
@@ -252,9 +255,6 @@ def _import_meshes(items, dest, *, matrix=None, units: str | None = None, from_w
     ``items``: ``[(id, [file, ...]), ...]``; several files for one id are fragments of one
     mesh.  ``dest``: a segmentation layer (its meshes are added to), a mesh-only dataset, or
     a new folder (a mesh-only dataset is created; ``labels`` adds segment properties)."""
-    from ..properties.labels import load_table
-    from ..properties.segment_properties import PROPERTIES_DIR, segment_properties
-    from ..store.open import open_store
 
     if units is not None and units not in UNIT_TO_NM:
         raise UserError(f"--units {units}: choose nm, um, mm or m")

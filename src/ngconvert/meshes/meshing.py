@@ -39,6 +39,11 @@ from ..tasks.progress import Progress
 from ..core.jsonio import dumps
 from ..store.base import Store
 from ..sources.precomputed import PrecomputedVolume
+from ..codecs.sharding import ShardSpec, write_shard
+from ..store.destination import locked, exchange_folders
+from ..store.local import FileStore
+from ..store.open import open_store
+# zmesh, fastremap: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 MESH_SCRATCH = ".ngconvert/mesh"
 FORMATS = ("legacy", "multires")
@@ -406,7 +411,6 @@ MESH_SHARD_BYTES = 1 << 30
 def choose_mesh_spec(count: int, total_bytes: int, target_bytes: int = MESH_SHARD_BYTES):
     """murmurhash3 keys (segment ids are not spatial): about ``target_bytes`` per shard and a
     few hundred segments per minishard."""
-    from ..codecs.sharding import ShardSpec
 
     key_bits = max(0, math.ceil(math.log2(max(1, count))))
     shard_bits = max(0, min(key_bits, math.ceil(math.log2(max(1, total_bytes / target_bytes)))))
@@ -420,8 +424,6 @@ def _run_mesh_shard(item):
 
 
 def write_one_mesh_shard(store, directory: str, spec_json: dict, shard: int, items: tuple) -> int:
-    from ..codecs.sharding import ShardSpec, write_shard
-
     spec = ShardSpec.from_json(spec_json)
 
     def fetch(label: int):
@@ -437,7 +439,6 @@ def write_one_mesh_shard(store, directory: str, spec_json: dict, shard: int, ite
 
 def write_mesh_shards(store: Store, directory: str, ids: list[int], executor, resume: bool, bar: Progress) -> dict:
     """Pack the segments waiting in the scratch area into shards; returns the spec."""
-    from ..codecs.sharding import ShardSpec
 
     saved = store.get(f"{MESH_SCRATCH}-done/spec.json") if resume else None
     if saved is not None:
@@ -484,9 +485,6 @@ def mesh_layer(dest, options: MeshOptions | None = None, *, storage=None, worker
     the two folders are exchanged in one step; on object stores the new meshes go to a new
     folder (``mesh-2``, ...), ``info`` switches to it in one write and the old folder is
     deleted after.  An interrupted run is finished with ``resume=True`` (idempotent)."""
-    from ..store.destination import locked
-    from ..store.local import FileStore
-    from ..store.open import open_store
 
     options = options or MeshOptions()
     options.check()
@@ -552,8 +550,6 @@ SWAP_MARK = ".ngconvert-new-meshes"     # inside a new mesh folder until it has 
 
 
 def _finish_mesh_layer(store, plan: MeshPlan, target: dict, ex, quiet: bool, resume: bool) -> MeshResult:
-    from ..store.destination import exchange_folders
-
     work, final, old = target["work"], target["final"], target.get("old")
     if work != final and store.exists(f"{final}/{SWAP_MARK}"):
         result = MeshResult()              # an interrupted run had swapped them in already

@@ -39,6 +39,10 @@ from ..core.geometry import Box
 from ..properties.labels import Label, LabelTable, load_table, match_names
 from ..sources.open import NIBABEL_SUFFIXES, SourceRef, header_voxel_size
 from ..sources.base import UNIT_TO_NM
+from ..core.fingerprint import file_fingerprint
+from ..store.open import open_store
+from .convert import ConvertOptions, check_destination, convert
+# nibabel: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 MASK_SUFFIXES = (".npy",) + NIBABEL_SUFFIXES
 OVERLAP_RULES = ("error", "first", "last")
@@ -415,7 +419,6 @@ def assembly_fingerprint(assembly: Assembly, readers, overlap: str, threshold: f
     import hashlib
     import json
 
-    from ..core.fingerprint import file_fingerprint
 
     parts = []
     for p in assembly.placements:
@@ -500,8 +503,6 @@ def assemble(structures, dest=None, *, ids=None, labels=None, origins=None, over
     """
     from dataclasses import replace
 
-    from .convert import ConvertOptions, check_destination, convert
-    from ..store.open import open_store
 
     if overlap not in OVERLAP_RULES:
         raise UserError(f"--overlap {overlap}: choose error, first or last")

@@ -41,6 +41,8 @@ from ..store.base import StorageOptions, Store
 from ..store.open import open_store
 from ..sources.survey import float32_overflow, guess_layer_type, value_range
 from ..tasks.regions import run_task
+from ..codecs.sharding import HASHES, ShardSpec, TARGET_SHARD_BYTES, choose_spec
+from ..plan.pyramid import scale_boxes
 
 
 MAX_CHUNKS = 2_000_000        # chunks at full resolution a plan may have unless max_chunks allows more
@@ -345,8 +347,6 @@ def resolve_sharding(opts: ConvertOptions, bounds: Box, resolution, chunk, facto
     """Per-scale sharding specs: the user's, or chosen from each scale's chunk grid."""
     if not (opts.sharded or opts.sharding):
         return None
-    from ..plan.pyramid import scale_boxes
-    from ..codecs.sharding import HASHES, ShardSpec, TARGET_SHARD_BYTES, choose_spec
 
     if opts.sharding:
         spec = ShardSpec.from_json(opts.sharding)

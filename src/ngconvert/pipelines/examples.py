@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from ..core.errors import UserError
+# nibabel: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 # label id -> (name, centre (fraction of the field), radii (fraction), intensity)
 STRUCTURES = {
@@ -56,7 +58,6 @@ def write_example(folder, overwrite: bool = False) -> list[Path]:
     example unchanged is left as it is; one with edited or other files is refused."""
     import nibabel as nib
 
-    from ..core.errors import UserError
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():

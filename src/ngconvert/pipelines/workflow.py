@@ -42,6 +42,8 @@ from ..core.errors import UserError, read_text_file
 from ..sources.slices import parse_order
 from ..store.base import StorageOptions
 from ..store.open import open_store
+from ..datasets.transfer import upload
+from ..meshes.meshing import MeshOptions
 
 LEGACY_REQUIRED = ("s3_creds_file", "s3_bucket_name_for_download", "sorted_filename", "folder_to_write_to",
                    "folder_to_convert_to", "s3_bucket_name_for_upload", "s3_dir_to_write_to",
@@ -169,7 +171,6 @@ class RunOptions:
 
 def run_slice_workflow(wf: SliceWorkflow, storage: StorageOptions, quiet: bool = False, workers=None,
                        run: RunOptions = RunOptions()):
-    from ..datasets.transfer import upload
 
     if wf.endpoint_url and not storage.endpoint_url:
         storage = dataclasses.replace(storage, endpoint_url=wf.endpoint_url)
@@ -274,7 +275,6 @@ def _option_value(name: str, value, path: str):
 
     hint = typing.get_type_hints(ConvertOptions)[name]
     if name == "mesh":
-        from ..meshes.meshing import MeshOptions
 
         if value is None or value is False:
             return None

@@ -21,6 +21,7 @@ import numpy as np
 from ..core.geometry import Box, ChunkGrid, Vec, ceildiv
 from ..sources.open import SourceRef
 from .spec import LayerSpec, Scale
+from ..core.geometry import chunk_key
 
 SCRATCH = ".ngconvert"
 CHUNK_SCRATCH = f"{SCRATCH}/chunks"      # chunks of sharded scales, before their shard is written
@@ -193,8 +194,6 @@ def done_key(task: Task) -> str:
 
 
 def carry_key(level: int, box: Box) -> str:
-    from ..core.geometry import chunk_key
-
     return f"{SCRATCH}/carry/{level}/{chunk_key(box)}"
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 from .labels import BOOL_WORDS, NUMBER_TYPES, _INT_RANGES, LabelTable, _number, color_of, to_hex
+from ..core.jsonio import dumps
 
 PROPERTIES_DIR = "segment_properties"
 COLORS_KEY = "segment_colors.json"
@@ -152,7 +153,6 @@ def listed_ids(table: LabelTable, present: set[int], keep=None, drop=None, all_l
 
 def write_segment_metadata(store, layer, present: set[int]) -> list[str]:
     """Write ``segment_properties/info`` and ``segment_colors.json``; return the warnings."""
-    from ..core.jsonio import dumps
 
     table = LabelTable.from_json(layer.segments)
     present = set(present) - {0}

@@ -23,6 +23,9 @@ import numpy as np
 from ..core.errors import UserError, check_local_path, read_text_file
 from ..core.geometry import Box
 from .base import SourceInfo, UNIT_TO_NM, VolumeSource, _check_shape, _one_line, _permutation, _xyzc_view, read_file_region
+from ..store.open import open_store
+from .slices import SLICE_EXTENSIONS, _is_pattern, is_url, list_slice_files, natural_key, match_order, parse_order, Orientation, SliceStackSource, TiffStackSource
+# nibabel, tifffile: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 # in-memory arrays handed to the Python API, reachable by id from forked workers
 _ARRAYS: dict[str, np.ndarray] = {}
@@ -301,7 +304,6 @@ def ref_for(source, axes: str = "xyz", slices: SliceOptions = SliceOptions()) ->
         return SourceRef(kind="array", origin="array", axes=axes, array_id=array_id, flip=_flip(slices.flip),
                          transpose=slices.transpose)
     path = os.fspath(source)
-    from .slices import SLICE_EXTENSIONS, _is_pattern, is_url, list_slice_files
 
     if not is_url(path):
         check_local_path(path, "source")
@@ -330,8 +332,6 @@ def ref_for(source, axes: str = "xyz", slices: SliceOptions = SliceOptions()) ->
 
 def _remote_slice_ref(url: str, opts: SliceOptions) -> SourceRef:
     """Slices directly under a bucket prefix (``s3://``, ``gs://``), listed once."""
-    from .slices import SLICE_EXTENSIONS, natural_key
-    from ..store.open import open_store
 
     if url.lower().endswith(SLICE_EXTENSIONS + NIBABEL_SUFFIXES + (".npy",)):
         raise UserError(f"{url}: reading single files from a URL is not supported; download it first, "
@@ -420,7 +420,6 @@ def _tiff_pages(path: str) -> int:
 def _slice_ref(files: list[str], origin: str, opts: SliceOptions, local: bool = True) -> SourceRef:
     ordered: list = list(files)
     if opts.order_file:
-        from .slices import match_order, parse_order
 
         text = read_text_file(opts.order_file, "order file")
         ordered = match_order(parse_order(text, opts.order_file), [f for f in files if f is not None],
@@ -464,12 +463,10 @@ def open_source(ref: SourceRef) -> VolumeSource:
     elif ref.kind == "nibabel":
         src = NibabelSource(ref.path, ref.origin)
     elif ref.kind == "slices":
-        from .slices import Orientation, SliceStackSource
 
         src = SliceStackSource(ref.files, ref.origin, ref.pad, Orientation(ref.transpose, ref.flip),
                                storage=ref.storage)
     elif ref.kind == "tiff":
-        from .slices import Orientation, TiffStackSource
 
         src = TiffStackSource(ref.path, ref.origin, Orientation(ref.transpose, ref.flip))
     else:

@@ -12,13 +12,13 @@ from ..core.errors import UserError
 from ..core.geometry import Box, ChunkGrid, chunk_key
 from ..codecs.sharding import ShardedReader, ShardSpec, compressed_morton
 from ..store.base import Store
+from .precomputed_info import read_info_checked
 
 
 class PrecomputedVolume:
     def __init__(self, store: Store, info: dict | None = None):
         self.store = store
         if info is None:
-            from .precomputed_info import read_info_checked
 
             info = read_info_checked(store)
         if info.get("@type", "neuroglancer_multiscale_volume") != "neuroglancer_multiscale_volume" or \

@@ -25,6 +25,9 @@ import numpy as np
 from ..core.errors import UserError
 from ..core.geometry import Box
 from .base import SourceInfo, VolumeSource, _check_shape, _one_line, read_file_region
+from ..store.base import StorageOptions
+from ..store.open import open_store
+# tifffile, imagecodecs, Pillow (PIL): imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 SLICE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 READ_THREADS = 4
@@ -150,8 +153,6 @@ def read_slice_bytes(path: str, storage: dict | None = None) -> bytes:
                 return f.read()
         except OSError as e:
             raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
-    from ..store.base import StorageOptions
-    from ..store.open import open_store
 
     parent, name = path.rsplit("/", 1)
     key = (parent, repr(sorted((storage or {}).items())))

@@ -48,6 +48,7 @@ from ..core.errors import UserError
 from .local import FileStore, MemoryStore
 from .base import Store, parallel_map
 from .open import open_store
+from .base import content_type_for
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +352,6 @@ def publish(staging: Store, target: Store, workers: int | None = None) -> None:
     """Object stores: copy a complete staged dataset over ``target`` (``info`` last), then
     delete the old objects it does not have.  The list of the new keys is saved first in
     :data:`PUBLISH_KEY`, so a crash anywhere is finished by running it again."""
-    from .base import content_type_for
 
     saved = read_record(target, PUBLISH_KEY)
     if saved is not None and isinstance(saved.get("keys"), list):

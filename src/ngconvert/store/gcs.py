@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from ..core.errors import UserError
 from .retry import RetriesExhausted, RetryPolicy, StorageUnavailable, call_with_retry
 from .base import PerProcessClient, RawObject, StorageOptions, Store, content_type_for, normal_encoding, parallel_map, split_bucket_url
+# google-cloud-storage, requests: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 T = TypeVar("T")
 

@@ -21,6 +21,7 @@ from urllib.parse import quote
 from ..core.errors import UserError
 from .retry import RetriesExhausted, RetryPolicy, StorageUnavailable, call_with_retry
 from .base import RawObject, ReadOnlyStore, StorageOptions, normal_encoding
+# requests: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 T = TypeVar("T")
 

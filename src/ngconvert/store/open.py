@@ -4,6 +4,9 @@ import os
 from ..core.errors import UserError
 from .local import FileStore
 from .base import StorageOptions, Store
+from .gcs import GCSStore
+from .http import HTTPStore
+from .s3 import S3Store
 
 
 def _refuse_options(options: StorageOptions, url: str, allowed: set[str]) -> None:
@@ -26,15 +29,12 @@ def open_store(url: str | os.PathLike | Store, options: StorageOptions | None = 
         _refuse_options(options, text, set())
         return FileStore(text[len("file://"):] if scheme else text)
     if scheme == "s3":
-        from .s3 import S3Store
         return S3Store(text, options)
     if scheme == "gs":
         _refuse_options(options, text, {"endpoint_url", "credentials_file", "anonymous"})
-        from .gcs import GCSStore
         return GCSStore(text, options)
     if scheme in ("http", "https"):
         _refuse_options(options, text, {"anonymous"})
-        from .http import HTTPStore
         return HTTPStore(text, options)
     raise UserError(f"{text}: {scheme}:// locations are not supported; use a local folder, "
                     "s3://, gs:// or http(s)://")

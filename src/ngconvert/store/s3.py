@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from ..core.errors import UserError
 from .retry import RetriesExhausted, RetryPolicy, StorageUnavailable, call_with_retry
 from .base import PerProcessClient, RawObject, StorageOptions, Store, content_type_for, normal_encoding, split_bucket_url
+# boto3, botocore: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 T = TypeVar("T")
 

@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolE
 from concurrent.futures.process import BrokenProcessPool
 
 from ..core.errors import UserError
+# dask, distributed: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 _CONTEXT: dict = {}
 _CONTEXT_ID: list = [None]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+# tqdm: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 
 class Progress:

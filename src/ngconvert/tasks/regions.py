@@ -14,6 +14,7 @@ from ..plan.stages import CHUNK_SCRATCH, Plan, Task, carry_key, done_key
 from ..sources.open import open_source
 from ..store.local import FileStore, MemoryStore
 from ..store.base import Store, StoreItem
+# fastremap: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 
 @dataclass

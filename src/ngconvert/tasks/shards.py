@@ -15,6 +15,7 @@ import numpy as np
 from ..core.geometry import Box, ChunkGrid, chunk_key
 from ..plan.stages import CHUNK_SCRATCH, SCRATCH
 from ..codecs.sharding import ShardSpec, compressed_morton, write_shard
+from ..codecs.sharding import decode_morton
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,6 @@ def shard_done_key(task: ShardTask) -> str:
 
 def run_shard_task(store, scales, chunk_size, specs, task: ShardTask, gzip_level: int = 6) -> int:
     """Write one shard file; returns the number of chunks in it."""
-    from ..codecs.sharding import decode_morton
 
     scale = scales[task.scale]
     spec = ShardSpec.from_json(specs[task.scale])
