@@ -189,7 +189,7 @@ def test_a_task_that_keeps_failing_ends_the_run_naming_it(tmp_path, monkeypatch)
     real = conv.run_task
     calls = {"flaky": 0, "bad": 0}
 
-    def faulty(store, plan, task):
+    def faulty(ctx, task):
         if task.stage == 0 and task.index == 3:          # fails once, then works: retried
             calls["flaky"] += 1
             if calls["flaky"] == 1:
@@ -197,7 +197,7 @@ def test_a_task_that_keeps_failing_ends_the_run_naming_it(tmp_path, monkeypatch)
         if task.stage == 0 and task.index == 5:          # fails every time
             calls["bad"] += 1
             raise OSError("disk on fire")
-        return real(store, plan, task)
+        return real(ctx, task)
 
     monkeypatch.setattr(conv, "run_task", faulty)
     with pytest.raises(ngconvert.UserError) as e:

@@ -11,21 +11,14 @@ import json
 import os
 import sys
 
-from ..core.version import __version__
-from ..codecs.chunks import ENCODINGS
-from ..pipelines.convert import MAX_CHUNKS, ConvertOptions, convert
+from ..codecs.chunks import DATA_TYPES, ENCODINGS
 from ..codecs.kernels import METHODS
-from ..core.errors import UserError
-from ..codecs.chunks import DATA_TYPES
-from ..datasets.stats import format_rows, scale_rows
-from ..sources.precomputed_info import read_info
-from ..tasks.progress import TransferBar
-from ..store.base import StorageOptions
-from ..store.open import open_store
-from ..core.errors import check_local_path
+from ..core.errors import UserError, check_local_path
+from ..core.version import __version__
 from ..datasets.check import check
 from ..datasets.preview import check_png_path, check_size, preview, write_png
 from ..datasets.reencode import ReencodeOptions, reencode
+from ..datasets.stats import format_rows, scale_rows
 from ..datasets.transfer import download, upload
 from ..hosting import configs as hosting
 from ..hosting.configs import check_port
@@ -35,12 +28,15 @@ from ..hosting.viewer_state import build_state, check_http_url, load_dataset, so
 from ..meshes.importing import import_meshes, read_id_list, read_transform
 from ..meshes.meshing import MeshOptions, mesh_layer
 from ..pipelines.assemble import MAX_VOXELS, assemble
-from ..pipelines.convert import split_structures
+from ..pipelines.convert import ConvertOptions, MAX_CHUNKS, convert, split_structures
 from ..pipelines.examples import write_example
 from ..pipelines.workflow import RunOptions, run_config
-from ..sources.precomputed_info import read_info_checked
+from ..sources.precomputed_info import read_info, read_info_checked
+from ..store.base import StorageOptions
 from ..store.local import FileStore
+from ..store.open import open_store
 from ..tasks.executors import check_worker_counts
+from ..tasks.progress import TransferBar
 
 
 def _vec(kind, name: str, count: int = 3):

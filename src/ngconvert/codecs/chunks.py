@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import imagecodecs
 import numpy as np
+
 from ..core.errors import UserError
 # compressed_segmentation, compresso: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.gzip import gzip_compress
 from ..core.errors import UserError
+from ..core.gzip import gzip_compress
 from ..store.base import TMP_DIR
 from ..store.local import FileStore
 # mmh3: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)

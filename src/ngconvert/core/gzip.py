@@ -1,5 +1,6 @@
 """gzip of chunks, fragments and shard data (deflate), shared by the store and the codecs."""
 from __future__ import annotations
+
 import deflate
 
 

@@ -1,5 +1,6 @@
 """The one JSON writer for every file ngconvert writes (stable bytes)."""
 from __future__ import annotations
+
 import json
 
 

@@ -24,14 +24,14 @@ from dataclasses import field
 import numpy as np
 
 from ..codecs.chunks import decode_chunk
+from ..codecs.sharding import ShardedReader, ShardSpec, check_spec_json, compressed_morton
 from ..core.errors import UserError
 from ..core.geometry import Box, ChunkGrid, chunk_key
 from ..meshes.formats import parse_multires_manifest, read_legacy_fragment
-from ..codecs.sharding import ShardedReader, ShardSpec, check_spec_json, compressed_morton
-from ..store.base import Store
-from ..store.open import open_store
 from ..sources.precomputed import PrecomputedVolume
 from ..sources.precomputed_info import DECODED, NUMBER_TYPES, Report, check_volume_info
+from ..store.base import Store
+from ..store.open import open_store
 
 
 def _listing(store: Store, prefix: str, r: Report) -> list[tuple[str, int]]:

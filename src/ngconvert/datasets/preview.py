@@ -38,9 +38,8 @@ import os
 from dataclasses import dataclass, field
 
 from ..core.errors import UserError
-from ..core.geometry import ChunkGrid
+from ..core.geometry import Box, ChunkGrid
 from ..sources.precomputed import PrecomputedVolume      # loaded with the package anyway
-from ..core.geometry import Box
 from ..properties.labels import auto_color
 from ..properties.segment_properties import COLORS_KEY
 from ..store.base import Store, load_json

@@ -16,25 +16,24 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..codecs.chunks import ENCODINGS, EncodingOptions, check_codec_options, encode_chunk, encoding_problem
-from ..core.gzip import gzip_compress
-from ..core.errors import UserError
-from ..tasks.executors import ExecutorScope, check_worker_counts, context
-from ..core.geometry import Box, ChunkGrid, chunk_key
-from ..store.destination import DestinationError, claim, differences
-from ..plan.stages import CHUNK_SCRATCH, SCRATCH
-from ..tasks.progress import Progress
-from ..tasks.shards import plan_shard_tasks, run_shard_task, shard_done_key
-from ..codecs.sharding import TARGET_SHARD_BYTES, choose_spec
-from ..plan.spec import Scale
-from ..core.jsonio import dumps
-from ..sources.precomputed_info import read_info_checked
-from ..store.local import FileStore, MemoryStore
-from ..store.base import Store, StorageOptions, content_type_for
-from ..store.open import open_store
-from ..sources.precomputed import PrecomputedVolume
-from ..tasks.executors import ThreadExecutor
 from .transfer import copy_dataset
+from ..codecs.chunks import ENCODINGS, EncodingOptions, check_codec_options, encode_chunk, encoding_problem
+from ..codecs.sharding import TARGET_SHARD_BYTES, choose_spec
+from ..core.errors import UserError
+from ..core.geometry import Box, ChunkGrid, chunk_key
+from ..core.gzip import gzip_compress
+from ..core.jsonio import dumps
+from ..plan.spec import Scale
+from ..plan.stages import CHUNK_SCRATCH, SCRATCH
+from ..sources.precomputed import PrecomputedVolume
+from ..sources.precomputed_info import read_info_checked
+from ..store.base import Store, StorageOptions, content_type_for
+from ..store.destination import DestinationError, claim, differences
+from ..store.local import FileStore, MemoryStore
+from ..store.open import open_store
+from ..tasks.executors import ExecutorScope, ThreadExecutor, check_worker_counts
+from ..tasks.progress import Progress
+from ..tasks.shards import ShardCtx, plan_shard_tasks, run_shard_task, shard_done_key
 
 PLAN_KEY = f"{SCRATCH}/reencode.json"
 TASK_BYTES = 64 << 20
@@ -200,7 +199,18 @@ def same_chunks(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in keys)
 
 
-def run_block(src: Store, dst: Store, src_info: dict, dst_info: dict, opts: ReencodeOptions, task: BlockTask) -> int:
+@dataclass(frozen=True)
+class ReencodeCtx:
+    """What every block task of a re-encoding shares (sent once per worker)."""
+    src: Store
+    dst: Store
+    src_info: dict
+    dst_info: dict
+    opts: ReencodeOptions
+
+
+def run_block(ctx: ReencodeCtx, task: BlockTask) -> int:
+    src, dst, src_info, dst_info, opts = ctx.src, ctx.dst, ctx.src_info, ctx.dst_info, ctx.opts
     vol = PrecomputedVolume(src, src_info)
     s = dst_info["scales"][task.scale]
     if same_chunks(src_info["scales"][task.scale], s):
@@ -265,19 +275,6 @@ def _copy_block(vol: PrecomputedVolume, dst: Store, s: dict, opts: ReencodeOptio
         n += 1
     dst.put(_done_key(task), b"")
     return n
-
-
-def _run_block(task):
-    c = context()
-    return run_block(c["src"], c["dst"], c["src_info"], c["dst_info"], c["opts"], task)
-
-
-def _run_shard(task):
-    c = context()
-    info = c["dst_info"]
-    specs = [s.get("sharding") for s in info["scales"]]
-    chunk = tuple(info["scales"][task.scale]["chunk_sizes"][0])
-    return run_shard_task(c["dst"], _scales(info), chunk, specs, task, c["opts"].gzip_level)
 
 
 def _sidecars(src: Store, info: dict) -> list[str]:
@@ -396,7 +393,7 @@ def _write_reencoded(src, c, src_info, dst_info, opts, ex, result, resume: bool)
             isinstance(src, MemoryStore) or isinstance(dst, MemoryStore)):
 
         ex = ThreadExecutor(ex.workers)
-    ctx = {"src": src, "dst": dst, "src_info": src_info, "dst_info": dst_info, "opts": opts}
+    ctx = ReencodeCtx(src, dst, src_info, dst_info, opts)
     blocks = plan_blocks(dst_info)
     shard_tasks = []
     for sc, s in zip(_scales(dst_info), dst_info["scales"]):
@@ -405,14 +402,17 @@ def _write_reencoded(src, c, src_info, dst_info, opts, ex, result, resume: bool)
     with Progress(len(blocks) + len(shard_tasks), "re-encoding", quiet=opts.quiet) as bar:
         todo = [t for t in blocks if not (resume and dst.exists(_done_key(t)))]
         bar.update(len(blocks) - len(todo))
-        for _t, n in ex.run(_run_block, todo, ctx):
+        for _t, n in ex.run(run_block, todo, ctx):
             result.chunks += n
             bar.update(1)
         if shard_tasks:
             bar.phase("shards")
             todo = [t for t in shard_tasks if not (resume and dst.exists(shard_done_key(t)))]
             bar.update(len(shard_tasks) - len(todo))
-            for _t, _n in ex.run(_run_shard, todo, ctx):
+            shard_ctx = ShardCtx(dst, tuple(_scales(dst_info)),
+                                 tuple(tuple(s["chunk_sizes"][0]) for s in dst_info["scales"]),
+                                 tuple(s.get("sharding") for s in dst_info["scales"]), opts.gzip_level)
+            for _t, _n in ex.run(run_shard_task, todo, shard_ctx):
                 bar.update(1)
     for key in _sidecars(src, src_info):
         raw = src.get_raw(key)

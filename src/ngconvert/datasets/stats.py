@@ -1,15 +1,14 @@
 """Per-scale statistics of a dataset on a store, or of a planned layer."""
 from __future__ import annotations
 
-
 import numpy as np
 
+from ..codecs.sharding import ShardedReader, ShardSpec
 from ..core.errors import UserError
 from ..core.geometry import Box
 from ..plan.pyramid import chunk_count
 from ..plan.spec import format_number
 from ..store.base import Store
-from ..codecs.sharding import ShardedReader, ShardSpec
 
 
 def _human(n: float) -> str:

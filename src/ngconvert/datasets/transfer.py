@@ -26,9 +26,9 @@ from typing import Protocol
 
 from ..core.errors import UserError
 from ..plan.stages import SCRATCH
+from ..store.base import StorageOptions, Store, content_type_for, decode, parallel_map
 from ..store.destination import PUBLISH_KEY, DestinationError, claim, refuse_overlap
 from ..store.local import FileStore
-from ..store.base import StorageOptions, Store, content_type_for, decode, parallel_map
 from ..store.open import open_store
 
 INFO = "info"

@@ -11,13 +11,13 @@ import re
 import sys
 from pathlib import Path
 
-from ..core.errors import UserError
-from .serve import DatasetServer
-from ..store.local import FileStore
-from ..store.base import StorageOptions
-from ..store.open import open_store
-from .viewer_state import build_state, load_dataset, source_for, state_url
 from .configs import check_port
+from .serve import DatasetServer
+from .viewer_state import build_state, load_dataset, source_for, state_url
+from ..core.errors import UserError
+from ..store.base import StorageOptions
+from ..store.local import FileStore
+from ..store.open import open_store
 # neuroglancer: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 CLIENT_PATH = "/v/ngconvert/"

@@ -16,12 +16,11 @@ from urllib.parse import quote
 
 import numpy as np
 
-from ..core.errors import UserError
-from ..store.base import Store
-from ..store.base import load_json
 from ..codecs.sharding import ShardedReader, ShardSpec
+from ..core.errors import UserError
 from ..sources.precomputed import PrecomputedVolume
 from ..sources.precomputed_info import read_info_checked
+from ..store.base import Store, load_json
 
 UNIT_TO_M = {"nm": 1e-9, "um": 1e-6, "mm": 1e-3, "m": 1.0}
 DEFAULT_VIEWER = "https://neuroglancer-demo.appspot.com"

@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.gzip import gzip_compress
-from ..core.errors import UserError
 from .formats import legacy_fragment, legacy_manifest, mesh_info
 from .geometry import concat, flip_winding, mirrors, transform as apply_affine
 from .meshing import write_segment
-from ..sources.base import UNIT_TO_NM
+from ..core.errors import UserError
+from ..core.gzip import gzip_compress
 from ..core.jsonio import dumps
 from ..properties.labels import load_table
 from ..properties.segment_properties import PROPERTIES_DIR, segment_properties
+from ..sources.base import UNIT_TO_NM
 from ..sources.precomputed_info import read_info_checked
 from ..store.destination import locked
 from ..store.open import open_store

@@ -29,20 +29,20 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..core.gzip import gzip_compress
-from ..core.errors import UserError
-from ..tasks.executors import ExecutorScope, context, make_executor
-from ..core.geometry import Box, ChunkGrid
 from .formats import legacy_fragment, legacy_manifest, mesh_info, multires_segment
 from .geometry import Mesh, compact, concat, weld
-from ..tasks.progress import Progress
-from ..core.jsonio import dumps
-from ..store.base import Store
-from ..sources.precomputed import PrecomputedVolume
 from ..codecs.sharding import ShardSpec, write_shard
+from ..core.errors import UserError
+from ..core.geometry import Box, ChunkGrid
+from ..core.gzip import gzip_compress
+from ..core.jsonio import dumps
+from ..sources.precomputed import PrecomputedVolume
+from ..store.base import Store
 from ..store.destination import locked, exchange_folders
 from ..store.local import FileStore
 from ..store.open import open_store
+from ..tasks.executors import ExecutorScope, make_executor
+from ..tasks.progress import Progress
 # zmesh, fastremap: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 MESH_SCRATCH = ".ngconvert/mesh"
@@ -191,8 +191,17 @@ def mesh_region(labels: np.ndarray, resolution, error_nm: float) -> dict[int, Me
     return out
 
 
-def run_region(store: Store, plan: MeshPlan, index: int, box: Box) -> int:
+@dataclass(frozen=True)
+class MeshCtx:
+    """What every mesh task of a run shares (sent once per worker)."""
+    store: Store
+    plan: MeshPlan
+
+
+def run_region(ctx: MeshCtx, region: MeshRegion) -> int:
     """Mesh one region; returns the number of labels meshed."""
+    store, plan = ctx.store, ctx.plan
+    index, box = region
     import fastremap
 
     bounds = plan.bounds
@@ -294,8 +303,9 @@ def _bbox_name(v: np.ndarray, res: np.ndarray) -> str:
     return "_".join(f"{a}-{b}" for a, b in zip(lo, hi))
 
 
-def run_batch(store: Store, plan: MeshPlan, batch: int) -> tuple[list[int], list[int]]:
+def run_batch(ctx: MeshCtx, item: MeshBatch) -> tuple[list[int], list[int]]:
     """Merge and write every segment of a batch; returns (ids written, ids dropped as dust)."""
+    store, plan, batch = ctx.store, ctx.plan, item.index
     pieces: dict[int, list[Mesh]] = {}
     counts: dict[int, int] = {}
     for key, _size in sorted(store.list(f"{MESH_SCRATCH}/{batch}/")):
@@ -330,17 +340,6 @@ def run_batch(store: Store, plan: MeshPlan, batch: int) -> tuple[list[int], list
 # ---------------------------------------------------------------- running
 
 
-def _run_region(item):
-    ctx = context()
-    index, box = item
-    return run_region(ctx["store"], ctx["mesh_plan"], index, box)
-
-
-def _run_batch(batch: MeshBatch):
-    ctx = context()
-    return run_batch(ctx["store"], ctx["mesh_plan"], batch.index)
-
-
 def _done(stage: str, n: int) -> str:
     return f"{MESH_SCRATCH}-done/{stage}/{n}"
 
@@ -357,7 +356,7 @@ def run_mesh_plan(store: Store, plan: MeshPlan, workers: int | None, quiet: bool
     """Both stages, skipping tasks an interrupted run finished; writes ``<dir>/info``.
     ``bar``: a progress bar already counting these tasks (else one is made)."""
     executor = executor or make_executor(workers)
-    ctx = {"store": store, "mesh_plan": plan}
+    ctx = MeshCtx(store, plan)
     regions = list(plan.regions())
     result = MeshResult()
     own = bar is None
@@ -370,7 +369,7 @@ def run_mesh_plan(store: Store, plan: MeshPlan, workers: int | None, quiet: bool
                 bar.update(1)
             else:
                 todo.append(region)
-        for (n, _box), _count in executor.run(_run_region, todo, ctx):
+        for (n, _box), _count in executor.run(run_region, todo, ctx):
             store.put(_done("regions", n), b"")
             bar.update(1)
         todo = []
@@ -383,7 +382,7 @@ def run_mesh_plan(store: Store, plan: MeshPlan, workers: int | None, quiet: bool
                 bar.update(1)
             else:
                 todo.append(MeshBatch(b))
-        for batch, (ids, dust) in executor.run(_run_batch, todo, ctx):
+        for batch, (ids, dust) in executor.run(run_batch, todo, ctx):
             store.put(_done("segments", batch.index), json.dumps({"ids": ids, "dust": dust}).encode())
             result.ids += ids
             result.dust += dust
@@ -418,13 +417,19 @@ def choose_mesh_spec(count: int, total_bytes: int, target_bytes: int = MESH_SHAR
     return ShardSpec(0, "murmurhash3_x86_128", mini_bits, shard_bits, "gzip", "gzip")
 
 
-def _run_mesh_shard(item):
-    ctx = context()
-    return write_one_mesh_shard(ctx["store"], ctx["mesh_dir"], ctx["mesh_spec"], *item)
+@dataclass(frozen=True)
+class MeshShardCtx:
+    """What every mesh shard task shares (sent once per worker)."""
+    store: Store
+    directory: str
+    spec: dict                      # the sharding spec's JSON
 
 
-def write_one_mesh_shard(store, directory: str, spec_json: dict, shard: int, items: tuple) -> int:
-    spec = ShardSpec.from_json(spec_json)
+def write_one_mesh_shard(ctx: MeshShardCtx, item: tuple) -> int:
+    """Pack one shard: ``item`` is ``(shard, ((minishard, label), ...))``."""
+    store, directory = ctx.store, ctx.directory
+    shard, items = item
+    spec = ShardSpec.from_json(ctx.spec)
 
     def fetch(label: int):
         manifest = store.get(f"{SHARD_OUT}/{label}.index")
@@ -453,10 +458,10 @@ def write_mesh_shards(store: Store, directory: str, ids: list[int], executor, re
         groups.setdefault(shard, []).append((mini, label))
     todo = [(sh, tuple(sorted(items))) for sh, items in sorted(groups.items())
             if not (resume and store.exists(_done("shards", sh)))]
-    ctx = {"store": store, "mesh_dir": directory, "mesh_spec": spec.to_json()}
+    ctx = MeshShardCtx(store, directory, spec.to_json())
     bar.grow(len(groups))
     bar.update(len(groups) - len(todo))
-    for _item, _n in executor.run(_run_mesh_shard, todo, ctx):
+    for _item, _n in executor.run(write_one_mesh_shard, todo, ctx):
         bar.update(1)
     store.delete_prefix(SHARD_OUT + "/")
     return spec.to_json()
@@ -508,7 +513,8 @@ def mesh_layer(dest, options: MeshOptions | None = None, *, storage=None, worker
             plan = MeshPlan.from_json(json.loads(saved))
             if target is None:                # a run of an earlier version: it wrote in place
                 target = {"work": plan.options.directory, "final": plan.options.directory, "old": None}
-            return _run_mesh_layer(store, info, plan, target, executor, workers, scheduler, dask_workers, quiet, True)
+            with ExecutorScope(workers, executor, scheduler, dask_workers, quiet) as ex:
+                return _finish_mesh_layer(store, plan, target, ex, quiet, True)
         if saved is not None and not overwrite:
             raise UserError(f"{store.url} has an interrupted meshing run; pass --resume to finish it or "
                             "--overwrite to start again")
@@ -539,11 +545,6 @@ def mesh_layer(dest, options: MeshOptions | None = None, *, storage=None, worker
             store.put(MESH_TARGET_KEY, dumps(target), content_type="application/json")
             store.put(MESH_PLAN_KEY, dumps(plan.to_json()), content_type="application/json")
             return _finish_mesh_layer(store, plan, target, ex, quiet, False)
-
-
-def _run_mesh_layer(store, info, plan, target, executor, workers, scheduler, dask_workers, quiet, resume):
-    with ExecutorScope(workers, executor, scheduler, dask_workers, quiet) as ex:
-        return _finish_mesh_layer(store, plan, target, ex, quiet, resume)
 
 
 SWAP_MARK = ".ngconvert-new-meshes"     # inside a new mesh folder until it has been swapped in

@@ -34,14 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .convert import ConvertOptions, check_destination, convert
 from ..core.errors import UserError, read_text_file
+from ..core.fingerprint import file_fingerprint
 from ..core.geometry import Box
 from ..properties.labels import Label, LabelTable, load_table, match_names
-from ..sources.open import NIBABEL_SUFFIXES, SourceRef, header_voxel_size
 from ..sources.base import UNIT_TO_NM
-from ..core.fingerprint import file_fingerprint
+from ..sources.open import NIBABEL_SUFFIXES, SourceRef, header_voxel_size
 from ..store.open import open_store
-from .convert import ConvertOptions, check_destination, convert
 # nibabel: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 MASK_SUFFIXES = (".npy",) + NIBABEL_SUFFIXES

@@ -17,32 +17,30 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..codecs.chunks import ENCODINGS, check_codec_options, encoding_problem
-from ..store.destination import DestinationError, check_space, claim, differences, preflight, refuse_overlap
-from ..core.fingerprint import describe_change, fingerprint
+from ..codecs.chunks import DATA_TYPES, ENCODINGS, check_codec_options, encoding_problem
 from ..codecs.kernels import METHODS
+from ..codecs.sharding import HASHES, ShardSpec, TARGET_SHARD_BYTES, choose_spec
 from ..core.errors import UserError
-from ..properties.labels import load_table, resolve_ids
-from ..tasks.executors import ExecutorScope, ThreadExecutor, check_worker_counts, context, make_executor
+from ..core.fingerprint import describe_change, fingerprint
 from ..core.geometry import Box, Vec
-from ..plan.stages import CHUNK_SCRATCH, DEFAULT_TASK_BYTES, PLAN_KEY, SCRATCH, Plan, done_key, plan_stages
+from ..core.jsonio import dumps
 from ..meshes.meshing import MeshOptions, clear_mesh_scratch, plan_meshes, run_mesh_plan
-from ..tasks.progress import Progress
+from ..plan.pyramid import choose_chunk_size, chunk_count, plan_factors, scale_boxes
+from ..plan.spec import LAYER_TYPES, LayerSpec
+from ..plan.stages import CHUNK_SCRATCH, DEFAULT_TASK_BYTES, PLAN_KEY, SCRATCH, Plan, done_key, plan_stages
+from ..properties.labels import load_table, resolve_ids
 from ..properties.segment_properties import write_segment_metadata
-from ..tasks.shards import plan_shard_tasks, run_shard_task, shard_done_key
-from ..plan.pyramid import choose_chunk_size, chunk_count, plan_factors
 from ..sources.base import UNIT_TO_NM, SourceInfo
 from ..sources.open import SliceOptions, SourceRef, normalize_flip, open_source, prepare, ref_for, release
-from ..codecs.chunks import DATA_TYPES
-from ..plan.spec import LAYER_TYPES, LayerSpec
-from ..core.jsonio import dumps
-from ..store.local import FileStore, MemoryStore
-from ..store.base import StorageOptions, Store
-from ..store.open import open_store
 from ..sources.survey import float32_overflow, guess_layer_type, value_range
-from ..tasks.regions import run_task
-from ..codecs.sharding import HASHES, ShardSpec, TARGET_SHARD_BYTES, choose_spec
-from ..plan.pyramid import scale_boxes
+from ..store.base import StorageOptions, Store
+from ..store.destination import DestinationError, check_space, claim, differences, preflight, refuse_overlap
+from ..store.local import FileStore, MemoryStore
+from ..store.open import open_store
+from ..tasks.executors import ExecutorScope, ThreadExecutor, check_worker_counts, make_executor
+from ..tasks.progress import Progress
+from ..tasks.regions import PyramidCtx, run_task
+from ..tasks.shards import ShardCtx, plan_shard_tasks, run_shard_task, shard_done_key
 
 
 MAX_CHUNKS = 2_000_000        # chunks at full resolution a plan may have unless max_chunks allows more
@@ -408,18 +406,6 @@ def make_transform(affine, world_units: str, offset, resolution, origin: str) ->
     }
 
 
-def _run(task):
-    ctx = context()
-    return run_task(ctx["store"], ctx["plan"], task)
-
-
-def _run_shard(task):
-    ctx = context()
-    plan = ctx["plan"]
-    return run_shard_task(ctx["store"], plan.scales(), plan.layer.chunk_size, plan.layer.sharding, task,
-                          plan.layer.gzip_level)
-
-
 def _executor_for(plan: Plan, store: Store, ex):
     if getattr(ex, "is_dask", False):
         if isinstance(store, MemoryStore):
@@ -501,7 +487,7 @@ def _execute(plan: Plan, store: Store, opts: ConvertOptions, result: "ConvertRes
     """Run every unfinished task, stage by stage, then write the sidecars; returns the
     ``info`` to write last (:meth:`Claim.finish`)."""
     executor = _executor_for(plan, store, ex)
-    ctx = {"store": store, "plan": plan}
+    ctx = PyramidCtx(store, plan)
     survey = plan.layer.segments is not None
     seen: list[np.ndarray] = []
     shard_tasks = (plan_shard_tasks(plan.scales(), plan.layer.chunk_size, plan.layer.sharding)
@@ -524,7 +510,7 @@ def _execute(plan: Plan, store: Store, opts: ConvertOptions, result: "ConvertRes
                         seen.append(np.frombuffer(store.get(done_key(task)) or b"", dtype=np.uint64))
                 else:
                     todo.append(task)
-            for _task, res in executor.run(_run, todo, ctx):
+            for _task, res in executor.run(run_task, todo, ctx):
                 result.tasks_run += 1
                 result.chunks += res.chunks
                 result.bytes_written += res.bytes_written
@@ -535,7 +521,10 @@ def _execute(plan: Plan, store: Store, opts: ConvertOptions, result: "ConvertRes
             bar.phase("shards")
             todo = [t for t in shard_tasks if not (opts.resume and store.exists(shard_done_key(t)))]
             bar.update(len(shard_tasks) - len(todo))
-            for _task, _n in executor.run(_run_shard, todo, ctx):
+            scales = plan.scales()
+            shard_ctx = ShardCtx(store, tuple(scales), (plan.layer.chunk_size,) * len(scales),
+                                 tuple(plan.layer.sharding), plan.layer.gzip_level)
+            for _task, _n in executor.run(run_shard_task, todo, shard_ctx):
                 bar.update(1)
             store.delete_prefix(CHUNK_SCRATCH + "/")
         if mesh_plan is not None:

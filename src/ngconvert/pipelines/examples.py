@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from ..core.errors import UserError
 # nibabel: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 

@@ -39,11 +39,11 @@ from dataclasses import dataclass
 
 from .convert import ConvertOptions, convert
 from ..core.errors import UserError, read_text_file
+from ..datasets.transfer import upload
+from ..meshes.meshing import MeshOptions
 from ..sources.slices import parse_order
 from ..store.base import StorageOptions
 from ..store.open import open_store
-from ..datasets.transfer import upload
-from ..meshes.meshing import MeshOptions
 
 LEGACY_REQUIRED = ("s3_creds_file", "s3_bucket_name_for_download", "sorted_filename", "folder_to_write_to",
                    "folder_to_convert_to", "s3_bucket_name_for_upload", "s3_dir_to_write_to",

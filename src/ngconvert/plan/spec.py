@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .pyramid import scale_boxes
 from ..codecs.chunks import EncodingOptions
 from ..core.geometry import Box, Vec
-from .pyramid import scale_boxes
 
 LAYER_TYPES = ("image", "segmentation")
 

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.geometry import Box, ChunkGrid, Vec, ceildiv
-from ..sources.open import SourceRef
 from .spec import LayerSpec, Scale
-from ..core.geometry import chunk_key
+from ..core.geometry import Box, ChunkGrid, Vec, ceildiv, chunk_key
+from ..sources.open import SourceRef
 
 SCRATCH = ".ngconvert"
 CHUNK_SCRATCH = f"{SCRATCH}/chunks"      # chunks of sharded scales, before their shard is written

@@ -1,16 +1,17 @@
 """What every volume source is: its shape and type (SourceInfo), the reader interface (VolumeSource), and raw file regions."""
 from __future__ import annotations
+
 import itertools
 import os
 from dataclasses import dataclass, field
+
 import numpy as np
+
 from ..core.errors import UserError
 from ..core.geometry import Box
 
 
 UNIT_TO_NM = {"nm": 1.0, "um": 1e3, "micron": 1e3, "µm": 1e3, "mm": 1e6, "m": 1e9, "meter": 1e9}
-
-
 MAX_CHANNELS = 16
 
 

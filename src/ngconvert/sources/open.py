@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .base import SourceInfo, UNIT_TO_NM, VolumeSource, _check_shape, _one_line, _permutation, _xyzc_view, read_file_region
+from .slices import SLICE_EXTENSIONS, _is_pattern, is_url, list_slice_files, natural_key, match_order, parse_order, Orientation, SliceStackSource, TiffStackSource
 from ..core.errors import UserError, check_local_path, read_text_file
 from ..core.geometry import Box
-from .base import SourceInfo, UNIT_TO_NM, VolumeSource, _check_shape, _one_line, _permutation, _xyzc_view, read_file_region
 from ..store.open import open_store
-from .slices import SLICE_EXTENSIONS, _is_pattern, is_url, list_slice_files, natural_key, match_order, parse_order, Orientation, SliceStackSource, TiffStackSource
 # nibabel, tifffile: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 # in-memory arrays handed to the Python API, reachable by id from forked workers

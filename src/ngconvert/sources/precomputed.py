@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .precomputed_info import read_info_checked
 from ..codecs.chunks import decode_chunk
+from ..codecs.sharding import ShardedReader, ShardSpec, compressed_morton
 from ..core.errors import UserError
 from ..core.geometry import Box, ChunkGrid, chunk_key
-from ..codecs.sharding import ShardedReader, ShardSpec, compressed_morton
 from ..store.base import Store
-from .precomputed_info import read_info_checked
 
 
 class PrecomputedVolume:

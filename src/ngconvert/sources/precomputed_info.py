@@ -1,20 +1,17 @@
 """Reading and validating a precomputed ``info`` file (the checks every reader relies on)."""
 from __future__ import annotations
-from dataclasses import dataclass, field
-from ..codecs.chunks import encoding_problem
-from ..codecs.sharding import check_spec_json
-from ..codecs.chunks import DATA_TYPES
+
 import json
+from dataclasses import dataclass, field
+
+from ..codecs.chunks import DATA_TYPES, encoding_problem
+from ..codecs.sharding import check_spec_json
 from ..core.errors import UserError
 from ..store.base import Store
 
 
 KNOWN_ENCODINGS = ("raw", "jpeg", "png", "compressed_segmentation", "compresso", "jxl")
-
-
 DECODED = ("raw", "jpeg", "png", "compressed_segmentation", "compresso")
-
-
 NUMBER_TYPES = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767),
                 "uint32": (0, 2 ** 32 - 1), "int32": (-2 ** 31, 2 ** 31 - 1), "float32": None}
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .base import SourceInfo, VolumeSource, _check_shape, _one_line, read_file_region
 from ..core.errors import UserError
 from ..core.geometry import Box
-from .base import SourceInfo, VolumeSource, _check_shape, _one_line, read_file_region
 from ..store.base import StorageOptions
 from ..store.open import open_store
 # tifffile, imagecodecs, Pillow (PIL): imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.geometry import Box
 from .base import VolumeSource
+from ..core.geometry import Box
 
 SCAN_BYTES = 64 << 20
 

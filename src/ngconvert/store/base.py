@@ -21,6 +21,7 @@ What each store does with ``Content-Encoding: gzip``:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import threading
 import zlib
@@ -29,10 +30,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
-from ..core.gzip import gzip_decompress
-from ..core.errors import UserError
 from .retry import RetryPolicy
-import json
+from ..core.errors import UserError
+from ..core.gzip import gzip_decompress
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -296,8 +296,6 @@ class Store:
 
 
 TMP_DIR = ".ngconvert/tmp"
-
-
 _CLIENT_LOCK = threading.Lock()
 
 

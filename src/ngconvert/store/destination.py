@@ -44,11 +44,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.errors import UserError
+from .base import Store, content_type_for, parallel_map
 from .local import FileStore, MemoryStore
-from .base import Store, parallel_map
 from .open import open_store
-from .base import content_type_for
+from ..core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..core.errors import UserError
-from .retry import RetriesExhausted, RetryPolicy, StorageUnavailable, call_with_retry
 from .base import PerProcessClient, RawObject, StorageOptions, Store, content_type_for, normal_encoding, parallel_map, split_bucket_url
+from .retry import RetriesExhausted, RetryPolicy, StorageUnavailable, call_with_retry
+from ..core.errors import UserError
 # google-cloud-storage, requests: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 T = TypeVar("T")

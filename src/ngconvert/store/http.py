@@ -18,9 +18,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from ..core.errors import UserError
-from .retry import RetriesExhausted, RetryPolicy, StorageUnavailable, call_with_retry
 from .base import RawObject, ReadOnlyStore, StorageOptions, normal_encoding
+from .retry import RetriesExhausted, RetryPolicy, StorageUnavailable, call_with_retry
+from ..core.errors import UserError
 # requests: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 T = TypeVar("T")

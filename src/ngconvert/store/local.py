@@ -1,12 +1,14 @@
 """Stores on this machine: a local folder (FileStore) and memory (MemoryStore)."""
 from __future__ import annotations
+
 import os
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from ..core.errors import UserError, check_local_path
+
 from .base import RawObject, Store, TMP_DIR
+from ..core.errors import UserError, check_local_path
 
 
 class FileStore(Store):

@@ -1,12 +1,14 @@
 """Opening a store from a path, a URL or a Store: the one place that knows every backend."""
 from __future__ import annotations
+
 import os
-from ..core.errors import UserError
-from .local import FileStore
+
 from .base import StorageOptions, Store
 from .gcs import GCSStore
 from .http import HTTPStore
+from .local import FileStore
 from .s3 import S3Store
+from ..core.errors import UserError
 
 
 def _refuse_options(options: StorageOptions, url: str, allowed: set[str]) -> None:

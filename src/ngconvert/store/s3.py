@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..core.errors import UserError
-from .retry import RetriesExhausted, RetryPolicy, StorageUnavailable, call_with_retry
 from .base import PerProcessClient, RawObject, StorageOptions, Store, content_type_for, normal_encoding, split_bucket_url
+from .retry import RetriesExhausted, RetryPolicy, StorageUnavailable, call_with_retry
+from ..core.errors import UserError
 # boto3, botocore: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 T = TypeVar("T")

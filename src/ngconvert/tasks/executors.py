@@ -1,8 +1,9 @@
 """Executors run the same picklable tasks serially, on a local process pool, or on Dask.
 
-An executor's ``run(fn, items, context)`` yields ``(item, result)`` as tasks finish.  ``fn``
-must be a module-level function; per-run context (the store and plan) is installed once per
-worker, not sent with every task.
+An executor's ``run(fn, items, context)`` calls ``fn(context, item)`` for every item and
+yields ``(item, result)`` as tasks finish.  ``fn`` must be a module-level function; the
+per-run context (the store and plan) is sent once per worker, not with every task: a process
+worker gets it from the pool's initializer, a Dask worker as the future scattered once.
 
 Failures: a task that raises is tried again (``task_retries`` times, except for
 :class:`UserError`, which names bad input and would fail again); the other tasks go on; when
@@ -20,18 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 from ..core.errors import UserError
 # dask, distributed: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
-_CONTEXT: dict = {}
-_CONTEXT_ID: list = [None]
 TASK_RETRIES = 2
-
-
-def _install(context: dict) -> None:
-    _CONTEXT.clear()
-    _CONTEXT.update(context)
-
-
-def context() -> dict:
-    return _CONTEXT
 
 
 def default_workers() -> int:
@@ -88,13 +78,12 @@ class SerialExecutor:
     workers = 1
     task_retries = TASK_RETRIES
 
-    def run(self, fn, items, context: dict):
-        _install(context)
+    def run(self, fn, items, context):
         track = _Tracker(self.task_retries)
         for item in items:
             while True:
                 try:
-                    result = fn(item)
+                    result = fn(context, item)
                 except Exception as e:       # every task error is collected, see the module docstring
                     if track.again(item, e):
                         continue
@@ -111,10 +100,13 @@ class _PoolExecutor:
     workers: int
     task_retries = TASK_RETRIES
 
-    def _pool(self, context: dict):
+    def _pool(self, context):
         raise NotImplementedError
 
-    def run(self, fn, items, context: dict):
+    def _submit(self, pool, fn, context, item):
+        return pool.submit(fn, context, item)
+
+    def run(self, fn, items, context):
         items = list(items)
         if not items:
             return
@@ -124,7 +116,7 @@ class _PoolExecutor:
             it = iter(items)
             # keep a bounded number in flight so a huge plan is not all queued at once
             for item in it:
-                pending[pool.submit(fn, item)] = item
+                pending[self._submit(pool, fn, context, item)] = item
                 if len(pending) >= 4 * self.workers:
                     break
             try:
@@ -141,13 +133,13 @@ class _PoolExecutor:
                                 from None
                         except Exception as e:     # collected; see the module docstring
                             if track.again(item, e):
-                                pending[pool.submit(fn, item)] = item
+                                pending[self._submit(pool, fn, context, item)] = item
                                 continue
                         else:
                             yield item, result
                         nxt = next(it, None)
                         if nxt is not None:
-                            pending[pool.submit(fn, nxt)] = nxt
+                            pending[self._submit(pool, fn, context, nxt)] = nxt
             except BaseException:
                 # Ctrl-C or SIGTERM (or a failure of this loop): end the workers now rather
                 # than wait for their tasks; finished tasks keep their done markers
@@ -189,7 +181,11 @@ def _die_with_parent() -> None:
         pass                      # not Linux: workers end when their pipe to the parent closes
 
 
-def _worker_init(context: dict, parent: int) -> None:
+# a process worker's context: set once by the pool's initializer, read only by _in_worker
+_WORKER_CONTEXT: list = []
+
+
+def _worker_init(context, parent: int) -> None:
     import signal
 
     _die_with_parent()
@@ -197,7 +193,12 @@ def _worker_init(context: dict, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if os.getppid() != parent:    # the parent died before the request was made
         os._exit(1)
-    _install(context)
+    _WORKER_CONTEXT[:] = [context]
+
+
+def _in_worker(fn, item):
+    """Runs in a process worker: the task with the context the initializer stored."""
+    return fn(_WORKER_CONTEXT[0], item)
 
 
 class ProcessExecutor(_PoolExecutor):
@@ -211,6 +212,9 @@ class ProcessExecutor(_PoolExecutor):
         return ProcessPoolExecutor(self.workers, mp_context=mp.get_context(method),
                                    initializer=_worker_init, initargs=(context, os.getpid()))
 
+    def _submit(self, pool, fn, context, item):
+        return pool.submit(_in_worker, fn, item)       # the context is in the worker already
+
 
 class ThreadExecutor(_PoolExecutor):
     """A pool of threads in this process (for sources that cannot leave it)."""
@@ -219,21 +223,13 @@ class ThreadExecutor(_PoolExecutor):
         self.workers = workers or default_workers()
 
     def _pool(self, context):
-        _install(context)
         return ThreadPoolExecutor(self.workers)
-
-
-def _dask_call(fn, ctx: dict, ctx_id: str, item):
-    """Runs on a Dask worker: install the run's context once, then run the task."""
-    if _CONTEXT_ID[0] != ctx_id:
-        _install(ctx)
-        _CONTEXT_ID[0] = ctx_id
-    return fn(item)
 
 
 class DaskExecutor:
     """Tasks on a ``dask.distributed`` cluster.  Tasks are small picklable descriptions; the
-    run's context (store and plan) is scattered to every worker once.  A worker that dies
+    run's context (store and plan) is scattered to every worker once and passed to each task
+    as that future (Dask hands the task the value).  A worker that dies
     mid-task is survived: the scheduler runs its tasks elsewhere (tasks are idempotent)."""
 
     is_dask = True
@@ -257,21 +253,20 @@ class DaskExecutor:
         except Exception:        # no dashboard (bokeh missing)
             return None
 
-    def run(self, fn, items, context: dict):
+    def run(self, fn, items, context):
         from distributed import as_completed
 
         items = list(items)
         if not items:
             return
         track = _Tracker(self.task_retries)
-        ctx_id = uuid.uuid4().hex
         [ctx] = self.client.scatter([context], broadcast=True, hash=False)
         limit = max(8, 4 * self.workers)
         it = iter(items)
         owner = {}
 
         def submit(item):
-            fut = self.client.submit(_dask_call, fn, ctx, ctx_id, item, pure=False,
+            fut = self.client.submit(fn, ctx, item, pure=False,
                                      key=f"ngconvert-{task_name(item)}-{uuid.uuid4().hex[:8]}")
             owner[fut.key] = item
             return fut

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..codecs.chunks import encode_chunk
-from ..core.gzip import gzip_compress
 from ..codecs.kernels import mean_from_sums, pool_sum, pool_values
 from ..core.geometry import Box, ChunkGrid, chunk_key
+from ..core.gzip import gzip_compress
 from ..plan.stages import CHUNK_SCRATCH, Plan, Task, carry_key, done_key
 from ..sources.open import open_source
-from ..store.local import FileStore, MemoryStore
 from ..store.base import Store, StoreItem
+from ..store.local import FileStore, MemoryStore
 # fastremap: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
 
 
@@ -126,7 +126,15 @@ class ChunkWriter:
             self.result.bytes_written += self.store.put_many(encoded())
 
 
-def run_task(store: Store, plan: Plan, task: Task) -> TaskResult:
+@dataclass(frozen=True)
+class PyramidCtx:
+    """What every pyramid task of a run shares (sent once per worker)."""
+    store: Store
+    plan: Plan
+
+
+def run_task(ctx: PyramidCtx, task: Task) -> TaskResult:
+    store, plan = ctx.store, ctx.plan
     stage = plan.stages[task.stage]
     scales = plan.scales()
     layer = plan.layer

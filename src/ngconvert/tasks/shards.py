@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..codecs.sharding import ShardSpec, compressed_morton, decode_morton, write_shard
 from ..core.geometry import Box, ChunkGrid, chunk_key
 from ..plan.stages import CHUNK_SCRATCH, SCRATCH
-from ..codecs.sharding import ShardSpec, compressed_morton, write_shard
-from ..codecs.sharding import decode_morton
+from ..store.base import Store
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,22 @@ def shard_done_key(task: ShardTask) -> str:
     return f"{SCRATCH}/done/shards/{task.scale}/{task.shard}"
 
 
-def run_shard_task(store, scales, chunk_size, specs, task: ShardTask, gzip_level: int = 6) -> int:
-    """Write one shard file; returns the number of chunks in it."""
+@dataclass(frozen=True)
+class ShardCtx:
+    """What every shard task of a run shares (sent once per worker); one entry per scale."""
+    store: Store
+    scales: tuple                   # Scale
+    chunk_sizes: tuple              # the scale's chunk size
+    specs: tuple                    # the scale's sharding JSON (None: not sharded)
+    gzip_level: int = 6
 
-    scale = scales[task.scale]
-    spec = ShardSpec.from_json(specs[task.scale])
-    grid = ChunkGrid(scale.bounds, chunk_size)
+
+def run_shard_task(ctx: ShardCtx, task: ShardTask) -> int:
+    """Write one shard file; returns the number of chunks in it."""
+    store = ctx.store
+    scale = ctx.scales[task.scale]
+    spec = ShardSpec.from_json(ctx.specs[task.scale])
+    grid = ChunkGrid(scale.bounds, ctx.chunk_sizes[task.scale])
 
     def fetch(key: int):
         cell: Box = grid.cell(decode_morton(key, grid.shape))
@@ -80,6 +90,6 @@ def run_shard_task(store, scales, chunk_size, specs, task: ShardTask, gzip_level
             return store.get(name), b"", False
         return raw.data, b"", False
 
-    n = write_shard(store, f"{scale.key}/{spec.shard_name(task.shard)}", spec, list(task.items), fetch, gzip_level)
+    n = write_shard(store, f"{scale.key}/{spec.shard_name(task.shard)}", spec, list(task.items), fetch, ctx.gzip_level)
     store.put(shard_done_key(task), b"")
     return n
