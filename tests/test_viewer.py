@@ -229,3 +229,32 @@ def test_live_state_read_back(served, browser):
     page.close()
     assert layout == "xy"
     assert [layer["name"] for layer in server.state["layers"]] == ["img", "atlas"]
+
+
+def test_view_command_serves_and_prints_the_state_on_ctrl_c(datasets):
+    """``ngconvert view --no-browser --print-state``: the URL on stdout, the client and the
+    datasets served, Ctrl-C stops it (exit 0) and prints the state."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    env = {**os.environ, "PYTHONPATH": str(Path(ngconvert.__file__).parent.parent)}
+    p = subprocess.Popen([sys.executable, "-m", "ngconvert", "view", str(datasets / "atlas"), "--no-browser",
+                          "--port", "0", "--print-state", "--segments", "2"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = p.stdout.readline().strip()
+        assert url.endswith(CLIENT_PATH), url
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert b"<script" in r.read()
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    state = json.loads(out)
+    layer = state["layers"][0]
+    assert layer["segments"] == ["2"] and layer["source"].startswith("precomputed://http://127.0.0.1:")
+    with pytest.raises(OSError):                         # both servers gone
+        urllib.request.urlopen(url, timeout=5)
