@@ -5,7 +5,7 @@ A file's fingerprint is its size, its modification time and a hash of its first 
 and it changes when the file is replaced, rewritten, truncated or edited in place (an edit
 outside the sampled blocks that also keeps the size and the modification time is the one
 change it misses).  A folder of slices is the fingerprint of each file in order; objects
-in a bucket are their key and size from one listing.  An in-memory array is its shape,
+in a bucket are their key, size and ETag (S3) from one listing.  An in-memory array is its shape,
 type and a hash of sampled bytes.
 """
 from __future__ import annotations
@@ -53,21 +53,36 @@ def fingerprint(ref, array: np.ndarray | None = None) -> dict:
     if ref.kind == "array":
         return {}
     if ref.kind == "slices":
+        listed = _remote_listing([f for f in ref.files or [] if f is not None and "://" in f], ref.storage)
         parts = []
         for f in ref.files or []:
             if f is None:
                 parts.append(None)
             elif "://" in f:
-                parts.append({"url": f})
+                parts.append({"url": f, "listed": listed.get(f)})
             else:
                 parts.append({"file": os.path.basename(f), **file_fingerprint(f)})
         digest = hashlib.sha256(repr(parts).encode()).hexdigest()
-        remote = {k: v for k, v in (ref.storage or {}).items() if k == "etags"}
-        return {"slices": len(parts), "files_sha256": digest, **remote}
+        return {"slices": len(parts), "files_sha256": digest}
     path = ref.origin if ref.origin and os.path.isfile(ref.origin) else ref.path
     if path and os.path.isfile(path):
         return {"file": file_fingerprint(path)}
     return {}
+
+
+def _remote_listing(urls: list[str], storage: dict | None) -> dict[str, str]:
+    """``{url: ETag}`` of slice objects (S3), else ``{url: "size N"}``: one listing per prefix."""
+    if not urls:
+        return {}
+    from .store import StorageOptions, open_store
+
+    options = StorageOptions.from_json(storage) if storage else None
+    out: dict[str, str] = {}
+    for prefix in sorted({u.rsplit("/", 1)[0] for u in urls}):
+        store = open_store(prefix, options)
+        found = store.list_etags("") or {k: f"size {n}" for k, n in store.list("")}
+        out.update({f"{prefix}/{k}": v for k, v in found.items()})
+    return out
 
 
 def describe_change(old: dict, new: dict) -> str | None:
