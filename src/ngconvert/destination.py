@@ -519,6 +519,35 @@ def _run_command(store: Store) -> str:
     return f"{rec['command']} run" if rec.get("command") else "run"
 
 
+def check_same_run(saved: dict | None, wanted: dict, where: str, *, unrecorded_ok: bool = False) -> None:
+    """Refuse to resume (or call complete) a run made by another command, from another
+    source, from a source that has changed, or with other options.  ``wanted``: the
+    record this run would save (``command``, ``source``, ``fingerprint``, ``layer``)."""
+    from .fingerprint import describe_change
+
+    if saved is None:
+        if unrecorded_ok:
+            return
+        raise DestinationError(f"{where} has no record of the run that made it; pass --overwrite to make it again")
+    if saved.get("command") != wanted["command"]:
+        raise DestinationError(f"{where} was made by '{saved.get('command')}', not '{wanted['command']}'; pass "
+                               "--overwrite to replace it")
+    if saved.get("source") != wanted["source"] and wanted["source"] != "array":
+        change = f"it was made from {saved.get('source')}, not {wanted['source']}"
+    else:
+        old_fp, new_fp = saved.get("fingerprint") or {}, wanted.get("fingerprint") or {}
+        change = describe_change(old_fp, new_fp) if "file" in new_fp or "slices" in new_fp or "array" in new_fp \
+            else ("its info or objects differ" if old_fp != new_fp else None)
+    if change:
+        raise DestinationError(f"{where} was started from a source that has changed since: {change}; pass "
+                               "--overwrite to start again")
+    old, new = saved.get("layer") or {}, wanted.get("layer") or {}
+    diff = differences(old, new, sorted(set(old) | set(new)))
+    if diff:
+        raise DestinationError(f"{where} was made with other options ({'; '.join(diff[:4])}); run with the same "
+                               "options, or pass --overwrite to start again")
+
+
 def differences(saved: dict, wanted: dict, keys) -> list[str]:
     """``name: saved -> wanted`` for each of ``keys`` whose values differ."""
     out = []

@@ -25,6 +25,7 @@ from .mesh_geometry import concat, flip_winding, mirrors, transform as apply_aff
 from .meshing import write_segment
 from .sources import UNIT_TO_NM
 from .spec import dumps
+from .stats import parse_info, read_info_checked
 
 FREESURFER_SURFACES = ("pial", "white", "inflated", "sphere", "orig", "smoothwm", "midthickness", "graymid")
 TRIMESH_SUFFIXES = (".obj", ".stl", ".ply", ".off")
@@ -203,20 +204,13 @@ def _target(store, fmt: str | None):
         if not store.is_empty():
             raise UserError(f"{store.url} is not empty and holds no precomputed layer; choose a new folder")
         return "new", "", fmt or "legacy", None
-    try:
-        info = json.loads(blob)
-    except ValueError as e:
-        raise UserError(f"{store.describe('info')}: is not valid JSON ({e}); fix it or re-run the conversion") from None
-    if not isinstance(info, dict):
-        raise UserError(f"{store.describe('info')}: is not a JSON object; fix it or re-run the conversion")
+    info = parse_info(blob, store.describe("info"))
     kind = info.get("@type", "neuroglancer_multiscale_volume")
     if kind in ("neuroglancer_legacy_mesh", "neuroglancer_multilod_draco"):
         have = "legacy" if kind == "neuroglancer_legacy_mesh" else "multires"
         if fmt and fmt != have:
             raise UserError(f"{store.url} holds {have} meshes; pass --format {have}")
         return "meshes", "", have, None
-    from .stats import read_info_checked
-
     info = read_info_checked(store, blob)
     if info.get("type") != "segmentation":
         raise UserError(f"{store.url} is an image layer; meshes belong to segmentation layers")
