@@ -803,6 +803,7 @@ COMMANDS = {"convert": _cmd_convert, "assemble": _cmd_assemble, "mesh": _cmd_mes
 
 
 def main(argv=None) -> int:
+    from_shell = argv is None
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     import logging
@@ -833,7 +834,14 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"ngconvert: {'terminated' if terminated else 'interrupted'}; {_continue_advice(args)}",
               file=sys.stderr)
-        return 143 if terminated else 130
+        code = 143 if terminated else 130
+        if from_shell:
+            # the cleanups ran while the interrupt unwound; end now rather than wait at exit
+            # for pool threads an interrupt may have left half way
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
 
 
 def threading_main() -> bool:

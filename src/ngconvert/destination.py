@@ -201,8 +201,9 @@ class Lock:
             try:
                 created = self.store.create_exclusive(self.key, body)
             except OSError as e:
-                raise DestinationError(f"cannot take the lock {self.describe()} ({e.strerror or e}); the folder "
-                                       f"that holds {self.holder['dest']} must be writable") from None
+                raise DestinationError(f"destination {self.holder['dest']} is not writable: cannot create its lock "
+                                       f"{self.describe()} ({e.strerror or e}); choose another folder or fix its "
+                                       "permissions") from None
             if created:
                 self.held = True
                 return
