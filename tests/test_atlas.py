@@ -291,6 +291,13 @@ def test_assemble_cli_end_to_end(tmp_path, masks):
     run("assemble", *common, "--overlap", "first", "--overwrite", "--quiet", check=0)
     ref, _ = expected_assembly(parts, "first")
     np.testing.assert_array_equal(read_cloudvolume(dest, 0)[..., 0], ref)
+    # --resume is idempotent; a moved origin (another assembly) is named and refused
+    before = (dest / "info").read_bytes(), sorted(p.name for p in dest.rglob("*"))
+    assert "already complete" in run("assemble", *common, "--overlap", "first", "--resume").stderr
+    assert ((dest / "info").read_bytes(), sorted(p.name for p in dest.rglob("*"))) == before
+    (tmp_path / "origins.csv").write_text((tmp_path / "origins.csv").read_text().replace("SC_R,14.5", "SC_R,16.5"))
+    line = one_line_error(run("assemble", *common, "--overlap", "first", "--resume"))
+    assert "changed" in line and "--overwrite" in line
 
 
 def test_assemble_bad_input(tmp_path, masks):

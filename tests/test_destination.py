@@ -393,3 +393,25 @@ def test_a_crash_while_publishing_on_s3_is_finished_by_the_next_run(moto_server,
     assert not any(k.startswith(".ngconvert") for k in keys)
     assert json.loads(store.get("info"))["scales"][0]["chunk_sizes"] == [[16, 16, 16]]
     assert not any("-8_" in k for k in keys if k.startswith("1_1_1/"))             # old 8^3 chunks gone
+
+
+def test_resume_notices_a_changed_slice_in_a_bucket(moto_server, bucket, tmp_path):
+    import io
+
+    from PIL import Image
+
+    client = moto_server.client()
+
+    def put(z, value, size=(24, 20)):
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(value).integers(0, 255, size, dtype=np.uint8)).save(buf, "PNG")
+        client.put_object(Bucket=bucket, Key=f"stack/s{z:02d}.png", Body=buf.getvalue())
+    for z in range(4):
+        put(z, z)
+    out = tmp_path / "out"
+    args = ["convert", f"s3://{bucket}/stack/", out, "--endpoint-url", moto_server.url, "--workers", "1"]
+    run(*args, "--quiet", check=0)
+    assert "already complete" in run(*args, "--resume", check=0).stderr
+    put(2, 99, size=(24, 20))            # the same name, other content (and another size)
+    line = one_line_error(run(*args, "--resume"))
+    assert "changed" in line and "--overwrite" in line

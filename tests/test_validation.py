@@ -391,7 +391,7 @@ def test_empty_paths(tmp, npy, dataset, args, what):
 @pytest.mark.parametrize("argv,has,lacks", [
     (["upload", "a", "b"], "--resume", "--skip-existing"), (["download", "a", "b"], "--resume", "--skip-existing"),
     (["check", "a"], "again", "--resume"), (["convert", "a", "b"], "--resume", "--skip-existing"),
-    (["run", "c.json"], '"resume": true', "--resume")])
+    (["run", "c.json"], "--resume", "--skip-existing")])
 def test_interrupt_and_task_failure_advice_fits_the_command(argv, has, lacks):
     from ngconvert.cli.main import _continue_advice, _fit_advice, build_parser
     from ngconvert.tasks.executors import TasksFailed

@@ -2,7 +2,9 @@
 served by ``ngconvert view``'s server, in headless Chromium (Debian's, driven by Playwright).
 
 Pixels are checked against the data: grey values of a known image pattern, the stored
-segment colours at known places, and meshes drawn in the 3-D panel."""
+segment colours at known places, and meshes drawn in the 3-D panel.  The page ``view`` opens
+runs on the client's own Python backend (neuroglancer's server): no "Disconnected from Python
+server" alarm, nothing fetched from elsewhere, and the state the browser changes read back."""
 from __future__ import annotations
 
 import json
@@ -89,7 +91,8 @@ def served(datasets):
 
 def test_view_state_layers_segments_and_colours(served):
     _server, url, state = served
-    assert url.startswith(f"http://127.0.0.1:{_server.port}{CLIENT_PATH}#!")
+    assert url == f"http://127.0.0.1:{_server.port}{CLIENT_PATH}"     # the state lives in the server
+    assert _server.data.port != _server.port
     kinds = {layer["name"]: layer for layer in state["layers"]}
     assert kinds["img"]["type"] == "image" and kinds["atlas"]["type"] == "segmentation"
     assert kinds["atlas"]["segments"] == ["1", "2", "3"]
@@ -165,3 +168,93 @@ def test_default_view_with_both_layers_renders(served, browser):
     assert not [m for m in messages if "rror" in m and "python" not in m.lower() and "404" not in m]
     red = (shot[..., 0] > 150) & (shot[..., 1] < 90) & (shot[..., 2] < 90)
     assert red.sum() > 500                               # the red structure, in slices and in 3-D
+
+
+ALARMS = ("Disconnected from Python server", "Retrying", "Connecting to Python server")
+
+
+def test_view_page_shows_no_backend_alarm(served, browser):
+    """The page ``view`` prints: drawn from its state, its status line free of the
+    "Disconnected from Python server.  Retrying in N seconds." the client shows without its
+    Python backend, for several seconds; every request to this machine's two servers."""
+    server, url, _state = served
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    shot, _rect = render(page, url)
+    red = (shot[..., 0] > 150) & (shot[..., 1] < 90) & (shot[..., 2] < 90)
+    assert red.sum() > 500                               # drawn: the red structure
+    texts = []
+    for _ in range(8):                                   # the retry timer ticks every second
+        page.wait_for_timeout(1000)
+        texts.append(page.evaluate("() => document.body.innerText"))
+    html = page.content()
+    page.close()
+    for text in texts:                                   # shown text (innerText: nothing hidden)
+        assert not [a for a in ALARMS if a in text], [line for line in text.splitlines() if "ython" in line]
+    assert "Disconnected" not in html and "Retrying" not in html         # not even hidden
+    assert any("/events/" in r for r in requests)      # the client did look for its backend ...
+    mine = (server.url, server.data.url)
+    assert requests and all(r.startswith(mine) or r.startswith(("data:", "blob:")) for r in requests), \
+        [r for r in requests if not r.startswith(mine)][:5]
+
+
+def test_the_client_without_its_backend_shows_the_alarm(browser):
+    """The same client served as plain files (what ``view`` did before): the alarm is there, so
+    the test above would see it."""
+    from ngconvert.hosting.serve import DatasetServer
+    from ngconvert.hosting.view import client_dir
+
+    with DatasetServer({CLIENT_PATH: client_dir()}) as plain:
+        page = browser.new_page(viewport={"width": 800, "height": 600})
+        page.goto(state_url({"layers": [], "layout": "xy"}, plain.url + CLIENT_PATH))
+        page.wait_for_function("() => document.body.innerText.includes('Disconnected from Python server')",
+                               timeout=30_000)
+        page.close()
+
+
+def test_live_state_read_back(served, browser):
+    """The viewer's state is the browser's: a change made in the page reaches Python."""
+    server, url, _state = served
+    page = browser.new_page(viewport={"width": 800, "height": 600})
+    render(page, url)
+    page.evaluate("() => { window.viewer.layout.restoreState('xy'); }")
+    import time
+
+    deadline = time.monotonic() + 20
+    while server.state.get("layout") != "xy" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    layout = server.state.get("layout")
+    page.evaluate("() => { window.viewer.layout.restoreState('4panel'); }")
+    page.close()
+    assert layout == "xy"
+    assert [layer["name"] for layer in server.state["layers"]] == ["img", "atlas"]
+
+
+def test_view_command_serves_and_prints_the_state_on_ctrl_c(datasets):
+    """``ngconvert view --no-browser --print-state``: the URL on stdout, the client and the
+    datasets served, Ctrl-C stops it (exit 0) and prints the state."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    env = {**os.environ, "PYTHONPATH": str(Path(ngconvert.__file__).parent.parent)}
+    p = subprocess.Popen([sys.executable, "-m", "ngconvert", "view", str(datasets / "atlas"), "--no-browser",
+                          "--port", "0", "--print-state", "--segments", "2"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = p.stdout.readline().strip()
+        assert url.endswith(CLIENT_PATH), url
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert b"<script" in r.read()
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    state = json.loads(out)
+    layer = state["layers"][0]
+    assert layer["segments"] == ["2"] and layer["source"].startswith("precomputed://http://127.0.0.1:")
+    with pytest.raises(OSError):                         # both servers gone
+        urllib.request.urlopen(url, timeout=5)

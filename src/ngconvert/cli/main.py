@@ -509,16 +509,20 @@ def _add_serving(sub) -> None:
     p.add_argument("--verbose", action="store_true", help="log one line per request")
 
     p = sub.add_parser("view", help="open the real Neuroglancer viewer locally on datasets (no internet)",
-                       description="Serve the datasets and the Neuroglancer client shipped in the neuroglancer "
-                                   "package, and open a state with one layer per dataset.")
+                       description="Run the Neuroglancer viewer shipped in the neuroglancer package (its own "
+                                   "server, on --port) with the datasets served beside it, and open a state "
+                                   "with one layer per dataset.")
     p.add_argument("datasets", nargs="+", help="dataset folders (or http(s)://, s3://, gs:// URLs)")
-    p.add_argument("--port", type=int, default=9000, help="port (default 9000; 0 picks a free one)")
+    p.add_argument("--port", type=int, default=9000,
+                   help="the viewer's port (default 9000; 0 picks a free one); the datasets get a free one")
     p.add_argument("--bind", default="127.0.0.1", help="address (default 127.0.0.1)")
     p.add_argument("--segments", default="all", help="'all' (default) or comma-separated ids to show")
     p.add_argument("--layout", choices=["4panel", "xy", "xz", "yz", "3d", "xy-3d", "xz-3d", "yz-3d"],
                    help="panel layout (default 4panel with a segmentation, else xy)")
     p.add_argument("--no-browser", action="store_true", help="only print the URL")
-    p.add_argument("--verbose", action="store_true", help="log one line per request")
+    p.add_argument("--print-state", action="store_true",
+                   help="on Ctrl-C, print the viewer's state as it was then (JSON) to stdout")
+    p.add_argument("--verbose", action="store_true", help="log one line per dataset request")
     _add_storage_args(p)
 
     p = sub.add_parser("url", help="print a Neuroglancer URL (or state JSON) for datasets hosted elsewhere",
@@ -579,7 +583,7 @@ def _cmd_serve(a) -> int:
 
 def _cmd_view(a) -> int:
     run_view(a.datasets, port=a.port, bind=a.bind, segments=_segments_arg(a.segments), layout=a.layout,
-             verbose=a.verbose, browser=not a.no_browser, storage=_storage(a))
+             verbose=a.verbose, browser=not a.no_browser, storage=_storage(a), print_state=a.print_state)
     return 0
 
 
@@ -788,6 +792,7 @@ COMMANDS = {"convert": _cmd_convert, "assemble": _cmd_assemble, "mesh": _cmd_mes
 
 
 def main(argv=None) -> int:
+    from_shell = argv is None
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     import logging
@@ -818,7 +823,14 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"ngconvert: {'terminated' if terminated else 'interrupted'}; {_continue_advice(args)}",
               file=sys.stderr)
-        return 143 if terminated else 130
+        code = 143 if terminated else 130
+        if from_shell:
+            # the cleanups ran while the interrupt unwound; end now rather than wait at exit
+            # for pool threads an interrupt may have left half way
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
 
 
 def threading_main() -> bool:

@@ -1,11 +1,12 @@
 """Fingerprints of inputs, kept in a run's record so ``--resume`` notices a changed source.
 
-A file's fingerprint is its size, its modification time and a hash of its first and last
+(The fingerprint of a source reference, which may list a bucket, is
+:func:`ngconvert.sources.fingerprint.fingerprint`.)  A file's fingerprint is its size, its modification time and a hash of its first and last
 64 KiB and of 16 blocks of 4 KiB spread evenly between them: cheap on a file of any size,
 and it changes when the file is replaced, rewritten, truncated or edited in place (an edit
 outside the sampled blocks that also keeps the size and the modification time is the one
 change it misses).  A folder of slices is the fingerprint of each file in order; objects
-in a bucket are their key and size from one listing.  An in-memory array is its shape,
+in a bucket are their key, size and ETag (S3) from one listing.  An in-memory array is its shape,
 type and a hash of sampled bytes.
 """
 from __future__ import annotations
@@ -44,30 +45,6 @@ def array_fingerprint(a: np.ndarray) -> dict:
         h.update(np.ascontiguousarray(flat[::step]).tobytes())
         h.update(np.ascontiguousarray(flat[-1024:]).tobytes())
     return {"shape": list(a.shape), "dtype": a.dtype.str, "sample_sha256": h.hexdigest()}
-
-
-def fingerprint(ref, array: np.ndarray | None = None) -> dict:
-    """The fingerprint of a source reference (see the module docstring)."""
-    if array is not None:
-        return {"array": array_fingerprint(array)}
-    if ref.kind == "array":
-        return {}
-    if ref.kind == "slices":
-        parts = []
-        for f in ref.files or []:
-            if f is None:
-                parts.append(None)
-            elif "://" in f:
-                parts.append({"url": f})
-            else:
-                parts.append({"file": os.path.basename(f), **file_fingerprint(f)})
-        digest = hashlib.sha256(repr(parts).encode()).hexdigest()
-        remote = {k: v for k, v in (ref.storage or {}).items() if k == "etags"}
-        return {"slices": len(parts), "files_sha256": digest, **remote}
-    path = ref.origin if ref.origin and os.path.isfile(ref.origin) else ref.path
-    if path and os.path.isfile(path):
-        return {"file": file_fingerprint(path)}
-    return {}
 
 
 def describe_change(old: dict, new: dict) -> str | None:

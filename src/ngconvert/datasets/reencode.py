@@ -28,7 +28,7 @@ from ..plan.stages import CHUNK_SCRATCH, SCRATCH
 from ..sources.precomputed import PrecomputedVolume
 from ..sources.precomputed_info import read_info_checked
 from ..store.base import Store, StorageOptions, content_type_for
-from ..store.destination import DestinationError, claim, differences
+from ..store.destination import check_same_run, claim
 from ..store.local import FileStore, MemoryStore
 from ..store.open import open_store
 from ..tasks.executors import ExecutorScope, ThreadExecutor, check_worker_counts
@@ -358,7 +358,7 @@ def _reencode(source, dest, opts: ReencodeOptions, ex) -> ReencodeResult:
     c = claim(dst, overwrite=opts.overwrite, resume=opts.resume, break_lock=opts.break_lock, command="reencode")
     with c:
         if c.mode in ("complete", "resume"):
-            _same_reencode(c.record, record, dst.url)
+            check_same_run(c.record, record, dst.url)
         if c.mode == "complete":
             result.notes.append("already complete (same source and options); nothing to do")
             result.seconds = time.perf_counter() - t0
@@ -369,22 +369,6 @@ def _reencode(source, dest, opts: ReencodeOptions, ex) -> ReencodeResult:
         _write_reencoded(src, c, src_info, dst_info, opts, ex, result, resume=c.mode == "resume")
     result.seconds = time.perf_counter() - t0
     return result
-
-
-def _same_reencode(saved: dict | None, wanted: dict, where: str) -> None:
-    if saved is None:
-        raise DestinationError(f"{where} has no record of the run that made it; pass --overwrite to make it again")
-    if saved.get("command") != "reencode" or saved.get("source") != wanted["source"]:
-        raise DestinationError(f"{where} was made by {saved.get('command')} from {saved.get('source')}, not "
-                               f"re-encoded from {wanted['source']}; pass --overwrite to replace it")
-    if saved.get("fingerprint") != wanted["fingerprint"]:
-        raise DestinationError(f"{where}: the source {wanted['source']} has changed since (its info differs); "
-                               "pass --overwrite to start again")
-    diff = differences(saved.get("layer") or {}, wanted["layer"], sorted(set(saved.get("layer") or {})
-                                                                         | set(wanted["layer"])))
-    if diff:
-        raise DestinationError(f"{where} was made with other options ({'; '.join(diff[:4])}); run with the same "
-                               "options, or pass --overwrite to start again")
 
 
 def _write_reencoded(src, c, src_info, dst_info, opts, ex, result, resume: bool) -> None:

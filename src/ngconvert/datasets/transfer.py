@@ -27,7 +27,7 @@ from typing import Protocol
 from ..core.errors import UserError
 from ..plan.stages import SCRATCH
 from ..store.base import StorageOptions, Store, content_type_for, decode, parallel_map
-from ..store.destination import PUBLISH_KEY, DestinationError, claim, refuse_overlap
+from ..store.destination import PUBLISH_KEY, DestinationError, check_same_run, claim, refuse_overlap
 from ..store.local import FileStore
 from ..store.open import open_store
 
@@ -110,7 +110,7 @@ def copy_dataset(src: Store, dst: Store, skip_existing: bool = False, workers: i
     with claim(dst, overwrite=overwrite, resume=resume, break_lock=break_lock, command="copy",
                adopt=skip_existing) as c:
         if c.mode == "resume" and not skip_existing:
-            _same_copy(c.record, record, dst.url)
+            check_same_run(c.record, record, dst.url, unrecorded_ok=True)
         if c.mode == "complete" and not skip_existing and (
                 dst.get(INFO) != src.get(INFO) or {k: n for k, n in dst.list("") if not _ignored(k)} != sizes):
             raise DestinationError(f"destination {dst.url} holds another dataset (its info or objects differ from "
@@ -144,17 +144,6 @@ def copy_dataset(src: Store, dst: Store, skip_existing: bool = False, workers: i
             progress.update(1, len(raw.data))
     return TransferResult(src.url, dst.url, len(plan.todo) + 1, copied_bytes, len(plan.skipped),
                           sum(plan.sizes[k] for k in plan.skipped), time.perf_counter() - t0)
-
-
-def _same_copy(saved: dict | None, wanted: dict, where: str) -> None:
-    if saved is None:
-        return          # a dataset copied by hand or made before records: skip-existing semantics
-    if saved.get("command") != "copy" or saved.get("source") != wanted["source"]:
-        raise DestinationError(f"{where} was made by {saved.get('command')} from {saved.get('source')}, not copied "
-                               f"from {wanted['source']}; pass --overwrite to replace it")
-    if saved.get("fingerprint") != wanted["fingerprint"]:
-        raise DestinationError(f"{where} was copied from {wanted['source']}, which has changed since (its info or "
-                               "objects differ); pass --overwrite to copy it again")
 
 
 def _copy_object(src: Store, dst: Store, key: str) -> int:

@@ -27,7 +27,7 @@ from ..core.jsonio import dumps
 from ..properties.labels import load_table
 from ..properties.segment_properties import PROPERTIES_DIR, segment_properties
 from ..sources.base import UNIT_TO_NM
-from ..sources.precomputed_info import read_info_checked
+from ..sources.precomputed_info import parse_info, read_info_checked
 from ..store.destination import locked
 from ..store.open import open_store
 # nibabel, trimesh: imported inside the functions that use them (optional heavy dependencies; `import ngconvert` stays light)
@@ -209,12 +209,7 @@ def _target(store, fmt: str | None):
         if not store.is_empty():
             raise UserError(f"{store.url} is not empty and holds no precomputed layer; choose a new folder")
         return "new", "", fmt or "legacy", None
-    try:
-        info = json.loads(blob)
-    except ValueError as e:
-        raise UserError(f"{store.describe('info')}: is not valid JSON ({e}); fix it or re-run the conversion") from None
-    if not isinstance(info, dict):
-        raise UserError(f"{store.describe('info')}: is not a JSON object; fix it or re-run the conversion")
+    info = parse_info(blob, store.describe("info"))
     kind = info.get("@type", "neuroglancer_multiscale_volume")
     if kind in ("neuroglancer_legacy_mesh", "neuroglancer_multilod_draco"):
         have = "legacy" if kind == "neuroglancer_legacy_mesh" else "multires"

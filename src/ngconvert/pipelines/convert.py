@@ -21,20 +21,20 @@ from ..codecs.chunks import DATA_TYPES, ENCODINGS, check_codec_options, encoding
 from ..codecs.kernels import METHODS
 from ..codecs.sharding import HASHES, ShardSpec, TARGET_SHARD_BYTES, choose_spec
 from ..core.errors import UserError
-from ..core.fingerprint import describe_change, fingerprint
+from ..sources.fingerprint import fingerprint
 from ..core.geometry import Box, Vec
 from ..core.jsonio import dumps
 from ..meshes.meshing import MeshOptions, clear_mesh_scratch, plan_meshes, run_mesh_plan
 from ..plan.pyramid import choose_chunk_size, chunk_count, plan_factors, scale_boxes
 from ..plan.spec import LAYER_TYPES, LayerSpec
-from ..plan.stages import CHUNK_SCRATCH, DEFAULT_TASK_BYTES, PLAN_KEY, SCRATCH, Plan, done_key, plan_stages
+from ..plan.stages import CHUNK_SCRATCH, DEFAULT_TASK_BYTES, PLAN_KEY, Plan, done_key, plan_stages
 from ..properties.labels import load_table, resolve_ids
 from ..properties.segment_properties import write_segment_metadata
 from ..sources.base import UNIT_TO_NM, SourceInfo
 from ..sources.open import SliceOptions, SourceRef, normalize_flip, open_source, prepare, ref_for, release
 from ..sources.survey import float32_overflow, guess_layer_type, value_range
 from ..store.base import StorageOptions, Store
-from ..store.destination import DestinationError, check_space, claim, differences, preflight, refuse_overlap
+from ..store.destination import check_same_run, check_space, claim, preflight, refuse_overlap
 from ..store.local import FileStore, MemoryStore
 from ..store.open import open_store
 from ..tasks.executors import ExecutorScope, ThreadExecutor, check_worker_counts, make_executor
@@ -441,26 +441,6 @@ def run_record(ref: SourceRef, layer: LayerSpec, array=None) -> dict:
 def _where(origin: str) -> str:
     """A local source by its real path (the same file named another way is the same source)."""
     return os.path.realpath(origin) if origin and "://" not in origin and os.path.exists(origin) else origin
-
-
-def check_same_run(saved: dict | None, wanted: dict, where: str) -> None:
-    """Refuse to resume (or call complete) a run made from another source or other options."""
-    if saved is None:
-        raise DestinationError(f"{where} has no record of the run that made it; pass --overwrite to make it again")
-    if saved.get("command") != wanted["command"]:
-        raise DestinationError(f"{where} was made by '{saved.get('command')}', not '{wanted['command']}'; pass "
-                               "--overwrite to replace it")
-    change = describe_change(saved.get("fingerprint") or {}, wanted["fingerprint"])
-    if saved.get("source") != wanted["source"] and wanted["source"] != "array":
-        change = f"it was made from {saved.get('source')}, not {wanted['source']}"
-    if change:
-        raise DestinationError(f"{where} was started from a source that has changed since: {change}; pass "
-                               "--overwrite to start again")
-    old, new = saved.get("layer") or {}, wanted["layer"]
-    diff = differences(old, new, sorted(set(old) | set(new)))
-    if diff:
-        raise DestinationError(f"{where} was made with other options ({'; '.join(diff[:4])}); run with the same "
-                               "options, or pass --overwrite to start again")
 
 
 def check_destination(store: Store, opts: ConvertOptions) -> bool:

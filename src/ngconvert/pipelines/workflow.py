@@ -223,7 +223,13 @@ def run_native(obj: dict, path: str, storage: StorageOptions, quiet: bool, worke
             given[name] = _beside(given[name], base)
     stored = StorageOptions.from_json(obj["storage"]) if "storage" in obj else storage
     opts = ConvertOptions(**{"quiet": quiet, "workers": workers, **given, **run.convert_fields(), "storage": stored})
-    return convert(_beside(obj["source"], base), _beside(obj["dest"], base), opts)
+    dest = _beside(obj["dest"], base)
+    result = convert(_beside(obj["source"], base), dest, opts)
+    if not quiet:
+        what = ("already complete (same source and options); nothing to do" if result.already_complete else
+                f"converted: {result.chunks} chunks, {result.bytes_written / 1e6:.1f} MB in {result.seconds:.1f} s")
+        print(f"ngconvert: {dest}: {what}", file=sys.stderr)
+    return result
 
 
 def _beside(value: str, base: str) -> str:

@@ -123,6 +123,17 @@ def read_info(store: Store) -> dict:
     return read_info_checked(store)
 
 
+def parse_info(blob: bytes, where: str) -> dict:
+    """An ``info`` file's JSON object; anything else is one line naming ``where``."""
+    try:
+        info = json.loads(blob)
+    except ValueError as e:
+        raise UserError(f"{where}: is not valid JSON ({e}); fix it or re-run the conversion") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{where}: is not a JSON object; fix it or re-run the conversion")
+    return info
+
+
 def read_info_checked(store: Store, blob: bytes | None = None) -> dict:
     """The ``info`` of a precomputed volume, checked with the rules of ``ngconvert check``
     (keys, types, scales); any problem is one :class:`UserError` line naming the file.
@@ -135,12 +146,7 @@ def read_info_checked(store: Store, blob: bytes | None = None) -> dict:
             raise UserError(f"{store.url} is an unfinished conversion (no info yet); finish it with "
                             "'ngconvert convert ... --resume'")
         raise UserError(f"{store.url}: no 'info' file; give the folder of a precomputed dataset")
-    try:
-        info = json.loads(blob)
-    except ValueError as e:
-        raise UserError(f"{where}: is not valid JSON ({e}); fix it or re-run the conversion") from None
-    if not isinstance(info, dict):
-        raise UserError(f"{where}: is not a JSON object; fix it or re-run the conversion")
+    info = parse_info(blob, where)
     kind = info.get("@type", "neuroglancer_multiscale_volume")
     if kind != "neuroglancer_multiscale_volume":
         raise UserError(f"{where}: @type {kind!r} is not a precomputed volume (neuroglancer_multiscale_volume); "

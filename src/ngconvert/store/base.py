@@ -251,6 +251,11 @@ class Store:
     def is_empty(self) -> bool:
         return next(iter(self.list("")), None) is None
 
+    def list_etags(self, prefix: str = "") -> dict[str, str]:
+        """``{key: ETag}`` under ``prefix`` from one listing, where the store has them
+        (S3); {} elsewhere."""
+        return {}
+
     def is_empty_prefix(self, prefix: str) -> bool:
         """True when no key starts with ``prefix``."""
         return next(iter(self.list(prefix)), None) is None

@@ -47,6 +47,7 @@ from pathlib import Path
 from .base import Store, content_type_for, parallel_map
 from .local import FileStore, MemoryStore
 from .open import open_store
+from ..core.fingerprint import describe_change
 from ..core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -207,8 +208,9 @@ class Lock:
             try:
                 created = self.store.create_exclusive(self.key, body)
             except OSError as e:
-                raise DestinationError(f"cannot take the lock {self.describe()} ({e.strerror or e}); the folder "
-                                       f"that holds {self.holder['dest']} must be writable") from None
+                raise DestinationError(f"destination {self.holder['dest']} is not writable: cannot create its lock "
+                                       f"{self.describe()} ({e.strerror or e}); choose another folder or fix its "
+                                       "permissions") from None
             if created:
                 self.held = True
                 return
@@ -522,6 +524,33 @@ def _run_record(store: Store) -> dict | None:
 def _run_command(store: Store) -> str:
     rec = _run_record(store) or {}
     return f"{rec['command']} run" if rec.get("command") else "run"
+
+
+def check_same_run(saved: dict | None, wanted: dict, where: str, *, unrecorded_ok: bool = False) -> None:
+    """Refuse to resume (or call complete) a run made by another command, from another
+    source, from a source that has changed, or with other options.  ``wanted``: the
+    record this run would save (``command``, ``source``, ``fingerprint``, ``layer``)."""
+    if saved is None:
+        if unrecorded_ok:
+            return
+        raise DestinationError(f"{where} has no record of the run that made it; pass --overwrite to make it again")
+    if saved.get("command") != wanted["command"]:
+        raise DestinationError(f"{where} was made by '{saved.get('command')}', not '{wanted['command']}'; pass "
+                               "--overwrite to replace it")
+    if saved.get("source") != wanted["source"] and wanted["source"] != "array":
+        change = f"it was made from {saved.get('source')}, not {wanted['source']}"
+    else:
+        old_fp, new_fp = saved.get("fingerprint") or {}, wanted.get("fingerprint") or {}
+        change = describe_change(old_fp, new_fp) if "file" in new_fp or "slices" in new_fp or "array" in new_fp \
+            else ("its info or objects differ" if old_fp != new_fp else None)
+    if change:
+        raise DestinationError(f"{where} was started from a source that has changed since: {change}; pass "
+                               "--overwrite to start again")
+    old, new = saved.get("layer") or {}, wanted.get("layer") or {}
+    diff = differences(old, new, sorted(set(old) | set(new)))
+    if diff:
+        raise DestinationError(f"{where} was made with other options ({'; '.join(diff[:4])}); run with the same "
+                               "options, or pass --overwrite to start again")
 
 
 def differences(saved: dict, wanted: dict, keys) -> list[str]:

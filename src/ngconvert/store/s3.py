@@ -365,6 +365,18 @@ class S3Store(PerProcessClient, Store):
             if not page.get("IsTruncated") or not token:
                 return
 
+    def list_etags(self, prefix=""):
+        root = self._root()
+        out: dict[str, str] = {}
+        token: str | None = None
+        while True:
+            page = self._list_page(root + prefix, token)
+            for obj in page.get("Contents", []):
+                out[obj["Key"][len(root):]] = str(obj.get("ETag", ""))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return out
+
     def _list_page(self, full_prefix: str, token: str | None, max_keys: int = 1000,
                    policy: RetryPolicy | None = None) -> dict:
         args: dict[str, Any] = dict(Bucket=self.bucket, Prefix=full_prefix, MaxKeys=max_keys)

@@ -111,6 +111,7 @@ class _PoolExecutor:
         if not items:
             return
         track = _Tracker(self.task_retries)
+        interrupted = False
         with self._pool(context) as pool:
             pending = {}
             it = iter(items)
@@ -141,15 +142,17 @@ class _PoolExecutor:
                         if nxt is not None:
                             pending[self._submit(pool, fn, context, nxt)] = nxt
             except BaseException:
-                # Ctrl-C or SIGTERM (or a failure of this loop): end the workers now rather
-                # than wait for their tasks; finished tasks keep their done markers
-                for fut in pending:
-                    fut.cancel()
+                # Ctrl-C or SIGTERM (or a failure of this loop): end the workers now rather than
+                # wait for their tasks (finished tasks keep their done markers).  Futures are not
+                # cancelled here: the pool marks them itself when it sees its workers gone (a
+                # cancel racing with that makes its manager thread fail with a traceback).
+                interrupted = True
                 _terminate_workers(pool)
                 raise
             finally:
-                for fut in pending:
-                    fut.cancel()
+                if not interrupted:
+                    for fut in pending:
+                        fut.cancel()
         track.finish()
 
     def close(self) -> None:
@@ -164,7 +167,7 @@ def _terminate_workers(pool) -> None:
         except (OSError, AttributeError, ValueError):
             pass
     if hasattr(pool, "shutdown"):
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=False)
 
 
 def _die_with_parent() -> None:
@@ -189,8 +192,10 @@ def _worker_init(context, parent: int) -> None:
     import signal
 
     _die_with_parent()
-    # Ctrl-C reaches the whole process group: the parent handles it and ends the workers
+    # Ctrl-C reaches the whole process group: the parent handles it and ends the workers;
+    # SIGTERM (from the parent ending them) ends a worker at once, without a traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if os.getppid() != parent:    # the parent died before the request was made
         os._exit(1)
     _WORKER_CONTEXT[:] = [context]
