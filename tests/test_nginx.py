@@ -32,6 +32,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_nginx(run_dir: Path, user: str, server_block: str, port: int, probe: str,
+                connections: int = 16) -> subprocess.Popen:
+    """A real nginx (``user`` line, one server block) in ``run_dir``, checked with ``nginx -t``
+    and started in the foreground; returns once ``probe`` answers (or after 20 s)."""
+    temps = " ".join(f"{k}_temp_path {run_dir}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    conf = run_dir / "nginx.conf"
+    conf.write_text(f"{user}\nworker_processes 1;\nerror_log {run_dir}/error.log;\npid {run_dir}/nginx.pid;\n"
+                    f"events {{ worker_connections {connections}; }}\nhttp {{\n access_log off;\n {temps}\n"
+                    f"{server_block}\n}}\n")
+    test = subprocess.run([NGINX, "-t", "-p", str(run_dir), "-c", str(conf)], capture_output=True, text=True)
+    assert test.returncode == 0, test.stderr
+    proc = subprocess.Popen([NGINX, "-p", str(run_dir), "-c", str(conf), "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            requests.get(f"http://127.0.0.1:{port}{probe}", timeout=1)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    return proc
+
+
 @pytest.fixture(scope="module")
 def nginx(tmp_path_factory):
     if not os.path.exists(NGINX):
@@ -44,27 +67,11 @@ def nginx(tmp_path_factory):
     ngconvert.write_segmentation(seg, root / "seg", resolution=(1000, 1000, 1000), sharded=True,
                                  shard_bytes=32 << 10, chunk_size=(16, 16, 16),
                                  mesh=ngconvert.MeshOptions(format="multires", sharded=True))
-    run_dir = tmp_path_factory.mktemp("nginx")
     port = free_port()
-    server_block = nginx_config(str(root), "_", port, "/")
     user = "user root;" if os.geteuid() == 0 else ""
-    temps = " ".join(f"{k}_temp_path {run_dir}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    conf = run_dir / "nginx.conf"
-    conf.write_text(f"{user}\nworker_processes 1;\nerror_log {run_dir}/error.log;\npid {run_dir}/nginx.pid;\n"
-                    f"events {{ worker_connections 64; }}\nhttp {{\n access_log off;\n {temps}\n"
-                    f"{server_block}\n}}\n")
-    test = subprocess.run([NGINX, "-t", "-p", str(run_dir), "-c", str(conf)], capture_output=True, text=True)
-    assert test.returncode == 0, test.stderr
-    proc = subprocess.Popen([NGINX, "-p", str(run_dir), "-c", str(conf), "-g", "daemon off;"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start_nginx(tmp_path_factory.mktemp("nginx"), user, nginx_config(str(root), "_", port, "/"), port,
+                       "/img/info", connections=64)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            requests.get(url + "/img/info", timeout=1)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.05)
     yield root, url, image, seg
     proc.terminate()
     proc.wait(timeout=20)
@@ -160,23 +167,9 @@ def test_nginx_as_another_user_serves_sharded_datasets(tmp_path):
         run_dir = tmp_path / "nginx"
         run_dir.mkdir()
         port = free_port()
-        temps = " ".join(f"{k}_temp_path {run_dir}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi",
-                                                                  "scgi"))
-        conf = run_dir / "nginx.conf"
-        conf.write_text(f"user www-data;\nworker_processes 1;\nerror_log {run_dir}/error.log;\npid {run_dir}/nginx.pid;"
-                        f"\nevents {{ worker_connections 16; }}\nhttp {{\n access_log off;\n {temps}\n"
-                        f"{nginx_config(str(root), '_', port, '/')}\n}}\n")
-        proc = subprocess.Popen([NGINX, "-p", str(run_dir), "-c", str(conf), "-g", "daemon off;"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = start_nginx(run_dir, "user www-data;", nginx_config(str(root), "_", port, "/"), port, "/seg/info")
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.time() + 20
-            while time.time() < deadline:
-                try:
-                    requests.get(url + "/seg/info", timeout=1)
-                    break
-                except requests.ConnectionError:
-                    time.sleep(0.05)
             for shard in shards:
                 rel = shard.relative_to(root).as_posix()
                 r = requests.get(f"{url}/{rel}", headers={"Range": "bytes=0-15"})
